@@ -1,0 +1,249 @@
+"""``robopolicy data``: inspect, check, convert and repair episode stores.
+
+    robopolicy data info PATH [--json] [--no-stats]
+    robopolicy data validate PATH
+    robopolicy data convert SRC DST [--zarr-format {2,3}]
+    robopolicy data repair PATH
+
+Heavy imports (zarr, numpy, h5py) happen inside the run functions so ``--help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+STAT_KEYS = ("min", "max", "mean", "std")  # what info shows of compute_stats' results
+SHOW_VALUES = 6  # per-feature values printed per statistic before eliding the rest
+
+
+def add_parser(subparsers) -> None:
+    """Register ``data`` and its sub-commands on the top-level parser."""
+    p = subparsers.add_parser("data", help="inspect, validate, convert and repair stores",
+                              description="Inspect, validate, convert and repair episode stores.")
+    sub = p.add_subparsers(dest="data_command", required=True, metavar="COMMAND")
+
+    info = sub.add_parser("info", help="summary of a store: episodes, keys, codecs, statistics")
+    info.add_argument("path", help="store directory or .zarr.zip")
+    info.add_argument("--json", action="store_true", help="print one JSON object")
+    info.add_argument("--no-stats", action="store_true", help="skip per-key statistics")
+    info.set_defaults(run=run_info)
+
+    validate = sub.add_parser("validate", help="check a store; exit 1 listing its problems")
+    validate.add_argument("path", help="store directory or .zarr.zip")
+    validate.set_defaults(run=run_validate)
+
+    convert = sub.add_parser("convert", help="robomimic HDF5 or any store -> new zarr store")
+    convert.add_argument("src", help="robomimic .hdf5/.h5 file, store directory or .zarr.zip")
+    convert.add_argument("dst", help="new store directory (must not exist)")
+    convert.add_argument("--zarr-format", type=int, choices=(2, 3), default=3,
+                         help="zarr format of the new store (default: 3)")
+    convert.set_defaults(run=run_convert)
+
+    repair = sub.add_parser("repair", help="trim the uncommitted tail an interrupted write left")
+    repair.add_argument("path", help="store directory")
+    repair.set_defaults(run=run_repair)
+
+
+# --------------------------------------------------------------------------- info
+def _size_on_disk(path: Path) -> int:
+    """Bytes of the zip file, or of every file under a directory store."""
+    if path.is_file():
+        return path.stat().st_size
+    return sum(entry.stat().st_size for entry in path.rglob("*") if entry.is_file())
+
+
+def _codec_name(codec: Any) -> str:
+    """A short name for a v2 (numcodecs) or v3 (zarr codec) compressor or filter."""
+    cname = getattr(codec, "cname", None)
+    if cname is not None:  # Blosc: the inner compressor is what matters
+        shuffle = getattr(codec, "shuffle", "")
+        shuffle = {0: "noshuffle", 1: "shuffle", 2: "bitshuffle"}.get(shuffle, shuffle)
+        cname = getattr(cname, "value", cname)
+        shuffle = getattr(shuffle, "value", shuffle)
+        return f"blosc({cname},{codec.clevel},{shuffle})"
+    name = getattr(codec, "codec_id", None) or type(codec).__name__.removesuffix("Codec").lower()
+    level = getattr(codec, "level", None)
+    return f"{name}({level})" if level is not None else name
+
+
+def _key_info(store, key: str, role: str) -> dict[str, Any]:
+    """Shape (committed steps), dtype, chunks and codecs of one data key."""
+    from robopolicy.data.store import is_image
+
+    arr = store.array(key)
+    return {"shape": [store.n_steps, *arr.shape[1:]], "dtype": str(arr.dtype),
+            "chunks": list(arr.chunks), "role": role, "image": is_image(arr.shape, arr.dtype),
+            "codecs": [_codec_name(c) for c in (*arr.filters, *arr.compressors)]}
+
+
+def describe(path: str | os.PathLike, stats: bool = True) -> dict[str, Any]:
+    """Everything ``data info`` shows, as plain JSON-able values."""
+    import numpy as np
+
+    from robopolicy.data.stats import compute_stats
+    from robopolicy.data.store import EpisodeStore
+
+    path = Path(path)
+    with EpisodeStore.open(path) as store:
+        lengths = store.episode_lengths
+        roles = store.roles
+        keys = {k: _key_info(store, k, roles[k]) for k in store.keys}
+        numeric = [k for k, v in keys.items() if not v["image"]
+                   and np.dtype(v["dtype"]).kind in "biuf"]
+        if stats and store.n_steps and numeric:
+            for key, values in compute_stats(store, numeric).items():
+                keys[key]["stats"] = {s: values[s].ravel().tolist() for s in STAT_KEYS}
+        return {
+            "path": str(path), "zarr_format": store.zarr_format,
+            "container": "zip" if path.is_file() else "directory",
+            "size_bytes": _size_on_disk(path),
+            "n_episodes": store.n_episodes, "n_steps": store.n_steps,
+            "episode_ends": store.episode_ends.tolist(),
+            "episode_length": ({"min": int(lengths.min()), "mean": float(lengths.mean()),
+                                "max": int(lengths.max())} if len(lengths) else None),
+            "schema_version": store.info.get("schema_version"),
+            **{k: store.info.get(k) for k in ("fps", "robot", "task", "source")},
+            "roles": roles, "keys": keys,
+            "meta": {k: _dtype_name(store.root["meta"][k].dtype) for k in store.meta_keys},
+            "uncommitted_tail": _has_tail(store),
+        }
+
+
+def _dtype_name(dtype) -> str:
+    """numpy's name for a dtype; "str" for the variable-length string types zarr 3 returns."""
+    return "str" if dtype.kind in "TUO" else str(dtype)
+
+
+def _has_tail(store) -> bool:
+    """Whether a crash left anything past the last committed episode."""
+    meta = store.root["meta"]
+    return bool(store.interrupted_commit
+                or any(store.array(k).shape[0] > store.n_steps for k in store.keys)
+                or any(meta[k].shape[0] > store.n_episodes for k in store.meta_keys))
+
+
+def _human_bytes(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+def _fmt_values(values: list[float]) -> str:
+    """A statistic's per-feature values, elided past SHOW_VALUES."""
+    shown = ", ".join(f"{v + 0.0:.4g}" for v in values[:SHOW_VALUES])  # no "-0"
+    more = f", ... ({len(values)} values)" if len(values) > SHOW_VALUES else ""
+    return f"[{shown}{more}]"
+
+
+def format_info(d: dict[str, Any]) -> str:
+    """The text form of :func:`describe`'s result."""
+    lines = [f"{d['path']}  (zarr v{d['zarr_format']} {d['container']}, "
+             f"{_human_bytes(d['size_bytes'])} on disk)"]
+    length = d["episode_length"]
+    length = (f"length min {length['min']} / mean {length['mean']:.1f} / max {length['max']}"
+              if length else "no episodes")
+    lines.append(f"episodes {d['n_episodes']}  steps {d['n_steps']}  {length}")
+    lines.append("  ".join(f"{k} {d[k] if d[k] is not None else '-'}"
+                           for k in ("fps", "robot", "task", "source")))
+    if d["uncommitted_tail"]:
+        lines.append(f"note: uncommitted tail present; run `robopolicy data repair {d['path']}`")
+    rows = [("key", "role", "shape", "dtype", "chunks", "codecs")]
+    rows += [(k, v["role"], str(tuple(v["shape"])), v["dtype"], str(tuple(v["chunks"])),
+              " ".join(v["codecs"]) or "none") for k, v in d["keys"].items()]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines += ["  " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+              for r in rows]
+    meta = ", ".join(f"{k} ({t})" for k, t in d["meta"].items()) or "none"
+    lines.append(f"episode metadata: {meta}")
+    with_stats = {k: v["stats"] for k, v in d["keys"].items() if "stats" in v}
+    if with_stats:
+        lines.append("statistics (per feature, committed steps; images skipped):")
+        width = max(map(len, with_stats))
+        for key, stats in with_stats.items():
+            for i, name in enumerate(STAT_KEYS):
+                label = key if i == 0 else ""
+                lines.append(f"  {label.ljust(width)}  {name:<4} {_fmt_values(stats[name])}")
+    return "\n".join(lines)
+
+
+def run_info(args: argparse.Namespace) -> int:
+    d = describe(args.path, stats=not args.no_stats)
+    print(json.dumps(d) if args.json else format_info(d))
+    return 0
+
+
+# --------------------------------------------------------------------------- validate
+def run_validate(args: argparse.Namespace) -> int:
+    from robopolicy.data.store import EpisodeStore
+    from robopolicy.data.validate import validate_store
+
+    problems = validate_store(args.path, progress=sys.stderr.isatty())
+    if problems:
+        for line in problems:
+            print(line)
+        print(f"robopolicy data validate: {len(problems)} problem(s) in {args.path}",
+              file=sys.stderr)
+        return 1
+    with EpisodeStore.open(args.path) as store:
+        print(f"ok: {args.path} ({store.n_episodes} episodes, {store.n_steps} steps)")
+    return 0
+
+
+# --------------------------------------------------------------------------- convert
+def run_convert(args: argparse.Namespace) -> int:
+    from robopolicy.data.convert import convert
+    from robopolicy.data.store import EpisodeStore
+
+    dst = convert(args.src, args.dst, zarr_format=args.zarr_format,
+                  progress=sys.stderr.isatty())
+    with EpisodeStore.open(dst) as store:
+        print(f"wrote {dst} (zarr v{store.zarr_format}, {store.n_episodes} episodes, "
+              f"{store.n_steps} steps, keys: {', '.join(store.keys)})")
+    return 0
+
+
+# --------------------------------------------------------------------------- repair
+def _tail_report(store) -> list[str]:
+    """What opening ``store`` for writing will trim, one phrase each."""
+    found = []
+    if store.interrupted_commit:
+        found.append("the unwritten last slot of meta/episode_ends")
+    for key in store.keys:
+        length = store.array(key).shape[0]
+        if length > store.n_steps:
+            found.append(f"data/{key} from {length} to {store.n_steps} steps")
+    meta = store.root["meta"]
+    for name in store.meta_keys:
+        if meta[name].shape[0] > store.n_episodes:
+            found.append(f"meta/{name} from {meta[name].shape[0]} to {store.n_episodes} entries")
+    partials = sum(1 for _ in store.path.rglob("*.partial"))
+    if partials:
+        found.append(f"{partials} stray *.partial file(s)")
+    return found
+
+
+def run_repair(args: argparse.Namespace) -> int:
+    from robopolicy.data.store import EpisodeStore
+    from robopolicy.data.validate import validate_store
+
+    path = Path(args.path)
+    with EpisodeStore.open(path) as store:
+        found = _tail_report(store)
+    # Opening for writing takes the writer lock and trims everything past the last commit.
+    with EpisodeStore.open(path, mode="a") as store:
+        summary = f"{store.n_episodes} episodes, {store.n_steps} steps"
+    if found:
+        print(f"repaired {path}: trimmed {'; '.join(found)} ({summary} kept)")
+    else:
+        print(f"{path}: nothing to trim ({summary})")
+    problems = validate_store(path)
+    for line in problems:  # what trimming cannot fix (NaN, truncated arrays, bad attrs)
+        print(line)
+    return 1 if problems else 0

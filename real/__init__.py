@@ -1,0 +1,1 @@
+"""robopolicy.real: controller core, safety limits and the ROS 2 node (deployment)."""

@@ -1,0 +1,1 @@
+"""robopolicy.sim: MuJoCo tasks, scripted experts, vector envs and evaluation (issue #3)."""

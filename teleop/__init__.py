@@ -1,0 +1,1 @@
+"""robopolicy.teleop: input devices, episode recorder and human intervention (issue #5)."""

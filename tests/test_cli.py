@@ -1,0 +1,54 @@
+"""The top-level command line: verbs, the main job, and the benchmark entry point."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from robopolicy.cli import VERBS, main
+from robopolicy.data.store import EpisodeStore
+
+ROBOPOLICY = [sys.executable, "-m", "robopolicy.cli"]
+
+
+def test_help_lists_every_verb():
+    out = subprocess.run([*ROBOPOLICY, "--help"], capture_output=True, text=True, check=True)
+    for verb in VERBS:
+        assert verb in out.stdout
+
+
+def test_user_error_is_one_line_and_exit_2(tmp_path):
+    proc = subprocess.run([*ROBOPOLICY, "data", "info", str(tmp_path / "missing.zarr")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and "Traceback" not in proc.stderr
+    assert "missing.zarr: no such store" in proc.stderr
+
+
+def test_quickstart_records_validates_and_serves(tmp_path, capsys):
+    assert main(["quickstart", "--out", str(tmp_path), "--episodes", "12", "--seed", "3"]) == 0
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["n_episodes"] == 12 and summary["success_rate"] == 1.0
+    assert summary["train_episodes"] + summary["val_episodes"] == 12
+    assert summary["batch_action_shape"][1:] == [16, 3]
+    assert summary["normalized_action_range"][0] >= -1.0 - 1e-5
+    assert summary["normalized_action_range"][1] <= 1.0 + 1e-5
+    with EpisodeStore.open(summary["store"]) as store:
+        assert store.n_steps == summary["n_steps"] and store.fps == 20
+        episode = store.get_episode(0)
+        goal, pos = episode["goal"][-1], episode["pos"][-1]
+        assert np.linalg.norm(goal - pos) < 0.03  # the expert really reached its goal
+        assert store.meta("seed").tolist() == [300_000 + i for i in range(12)]
+    assert "summary.json" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_bench_prints_json_lines(capsys, tmp_path):
+    assert main(["bench", "data", "--quick", "--workdir", str(tmp_path)]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["bench"] for r in lines] == ["data.lowdim_windows", "data.image_windows"]
+    for result in lines:
+        assert result["samples_per_s"] > result["naive_samples_per_s"] > 0
+    assert list(tmp_path.iterdir()) == []  # scratch stores are removed

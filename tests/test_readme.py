@@ -1,0 +1,17 @@
+"""The README's Python example runs as written."""
+
+import re
+from pathlib import Path
+
+README = Path(__file__).parents[1] / "README.md"
+
+
+def test_readme_python_example_runs(tmp_path, monkeypatch):
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+    assert blocks, "the README lost its Python example"
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile("\n".join(blocks), str(README), "exec"), namespace)  # noqa: S102
+    assert namespace["store"].n_episodes == 2
+    assert namespace["batch"]["action"].shape == (32, 16, 7)
+    assert namespace["normalizer"].keys == ["action", "robot0_eef_pos"]
