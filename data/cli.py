@@ -110,21 +110,13 @@ def describe(path: str | os.PathLike, stats: bool = True) -> dict[str, Any]:
             **{k: store.info.get(k) for k in ("fps", "robot", "task", "source")},
             "roles": roles, "keys": keys,
             "meta": {k: _dtype_name(store.root["meta"][k].dtype) for k in store.meta_keys},
-            "uncommitted_tail": _has_tail(store),
+            "uncommitted_tail": store.uncommitted(),
         }
 
 
 def _dtype_name(dtype) -> str:
     """numpy's name for a dtype; "str" for the variable-length string types zarr 3 returns."""
     return "str" if dtype.kind in "TUO" else str(dtype)
-
-
-def _has_tail(store) -> bool:
-    """Whether a crash left anything past the last committed episode."""
-    meta = store.root["meta"]
-    return bool(store.interrupted_commit
-                or any(store.array(k).shape[0] > store.n_steps for k in store.keys)
-                or any(meta[k].shape[0] > store.n_episodes for k in store.meta_keys))
 
 
 def _human_bytes(n: int) -> str:
@@ -211,22 +203,9 @@ def run_convert(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------- repair
 def _tail_report(store) -> list[str]:
-    """What opening ``store`` for writing will trim, one phrase each."""
-    found = []
-    if store.interrupted_commit:
-        found.append("the unwritten last slot of meta/episode_ends")
-    for key in store.keys:
-        length = store.array(key).shape[0]
-        if length > store.n_steps:
-            found.append(f"data/{key} from {length} to {store.n_steps} steps")
-    meta = store.root["meta"]
-    for name in store.meta_keys:
-        if meta[name].shape[0] > store.n_episodes:
-            found.append(f"meta/{name} from {meta[name].shape[0]} to {store.n_episodes} entries")
+    """What opening ``store`` for writing will trim or delete, one phrase each."""
     partials = sum(1 for _ in store.path.rglob("*.partial"))
-    if partials:
-        found.append(f"{partials} stray *.partial file(s)")
-    return found
+    return store.uncommitted() + ([f"{partials} stray *.partial file(s)"] if partials else [])
 
 
 def run_repair(args: argparse.Namespace) -> int:

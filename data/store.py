@@ -180,6 +180,8 @@ class EpisodeStore:
             self.root, self._zip = _open_group(self.path, writable=mode == "a")
             self._load_layout()
             if self._lock is not None:
+                for partial in self.path.rglob("*.partial"):  # only a killed writer leaves them
+                    partial.unlink(missing_ok=True)
                 self._trim_uncommitted()
         except BaseException:
             self.close()
@@ -422,28 +424,33 @@ class EpisodeStore:
             arr[start:start + n] = value
         return start + n
 
-    def _commit(self, ends: np.ndarray, meta: Mapping[str, Any]) -> range:
-        """Make written steps episodes ending at ``ends``: metadata first, episode_ends last.
-
-        ``meta`` maps each name to one value per new episode.
-        """
-        n, m = self.n_episodes, len(ends)
-        given = {}  # every value checked and converted before anything is written
-        for name, values in meta.items():
+    def _check_meta(self, meta: Mapping[str, Any] | None, m: int) -> dict[str, np.ndarray]:
+        """Per-episode metadata (name -> one value per each of ``m`` episodes), checked and
+        converted to the stored dtypes before anything is written."""
+        given = {}
+        for name, values in (meta or {}).items():
             if name == "episode_ends" or not name.isidentifier():
                 raise StoreError(f"{self.path}: bad episode metadata name {name!r}")
-            if len(values) != m:
-                raise StoreError(f"{self.path}: metadata '{name}' has {len(values)} values for "
-                                 f"{m} episodes")
-            dtype = self._meta[name].dtype if name in self._meta else None
-            try:
-                given[name] = np.asarray(values, dtype=dtype)
-            except (TypeError, ValueError) as exc:
-                raise StoreError(f"{self.path}: metadata '{name}' does not fit the store's "
-                                 f"{dtype} ({exc})") from None
-            if given[name].shape != (m,):
-                raise StoreError(f"{self.path}: metadata '{name}' needs one scalar per episode; "
-                                 f"got values of shape {given[name].shape[1:]}")
+            values = np.asarray(values)
+            if values.shape != (m,):
+                raise StoreError(f"{self.path}: metadata '{name}' needs one scalar per episode "
+                                 f"({m}); got values of shape {values.shape}")
+            dtype = np.dtype(self._meta[name].dtype if name in self._meta else values.dtype)
+            if dtype.kind in "UOT":  # text: anything can be written as its string
+                given[name] = values.astype(str)
+                continue
+            if values.dtype.kind in "UOT" or not np.can_cast(values.dtype, dtype, "same_kind"):
+                raise StoreError(f"{self.path}: metadata '{name}' of dtype {values.dtype} does "
+                                 f"not fit the store's {dtype}")
+            given[name] = values.astype(dtype)
+        return given
+
+    def _commit(self, ends: np.ndarray, given: Mapping[str, np.ndarray]) -> range:
+        """Make written steps episodes ending at ``ends``: metadata first, episode_ends last.
+
+        ``given`` is metadata already checked by :meth:`_check_meta`.
+        """
+        n, m = self.n_episodes, len(ends)
         for name, values in given.items():
             if name not in self._meta:
                 dtype = str if values.dtype.kind in "UO" else values.dtype
@@ -477,9 +484,10 @@ class EpisodeStore:
         if lengths.ndim != 1 or (lengths <= 0).any() or lengths.sum() != n:
             raise StoreError(f"{self.path}: episode lengths {lengths.tolist()} must be positive "
                              f"and sum to the {n} steps given")
+        given = self._check_meta(meta, len(lengths))
         start = self.n_steps
         self._write_block(start, block)
-        return self._commit(start + np.cumsum(lengths), dict(meta or {}))
+        return self._commit(start + np.cumsum(lengths), given)
 
     def episode_writer(self, flush_every: int = 64) -> EpisodeWriter:
         """A writer that takes an episode step by step (for recorders); commit or discard it."""
@@ -495,18 +503,29 @@ class EpisodeStore:
         self._ends = self._ends[:-1]
         self._trim_uncommitted()
 
-    def _trim_uncommitted(self) -> None:
-        """Cut everything past the last committed episode (left by a crash or a discard)."""
-        for partial in self.path.rglob("*.partial"):
-            partial.unlink(missing_ok=True)
-        if self.interrupted_commit:
-            self._meta["episode_ends"].resize((self.n_episodes,))
-            self.interrupted_commit = False
+    def _overlong(self) -> list[tuple[str, zarr.Array, int]]:
+        """(name, array, committed length) of every array that runs past the last commit.
+
+        Data arrays hold one row per committed step; meta arrays, episode_ends included (an
+        interrupted commit), one per committed episode.
+        """
+        found = []
         for group, length in ((self._data, self.n_steps), (self._meta, self.n_episodes)):
             for key in self._list(group):
-                arr = group[key]
-                if arr.shape[0] > length:
-                    arr.resize((length, *arr.shape[1:]))
+                if group[key].shape[0] > length:
+                    found.append((f"{group.basename}/{key}", group[key], length))
+        return found
+
+    def uncommitted(self) -> list[str]:
+        """What lies past the last committed episode (what a writer trims), one phrase each."""
+        return [f"{name} from {arr.shape[0]} to {length} rows"
+                for name, arr, length in self._overlong()]
+
+    def _trim_uncommitted(self) -> None:
+        """Cut everything past the last committed episode (left by a crash or a discard)."""
+        for _, arr, length in self._overlong():
+            arr.resize((length, *arr.shape[1:]))
+        self.interrupted_commit = False
 
 
 class EpisodeWriter:
@@ -554,12 +573,12 @@ class EpisodeWriter:
 
     def commit(self, meta: Mapping[str, Any] | None = None) -> int:
         """Write the rest and commit the episode; returns its index."""
+        given = self.store._check_meta({k: [v] for k, v in (meta or {}).items()}, 1)
         self.flush()
         if self.written == self.start:
             raise StoreError(f"{self.store.path}: cannot commit an empty episode")
         self.closed = True
-        meta = {k: [v] for k, v in (meta or {}).items()}
-        return self.store._commit(np.array([self.written]), meta)[0]
+        return self.store._commit(np.array([self.written]), given)[0]
 
     def discard(self) -> None:
         """Drop this episode; saved episodes are untouched."""

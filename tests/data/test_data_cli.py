@@ -85,8 +85,8 @@ def test_repair_trims_an_uncommitted_tail(tmp_path, capsys):
 
     assert main(["data", "repair", str(path)]) == 0
     out = capsys.readouterr().out
-    assert f"repaired {path}: trimmed data/action from 11 to 7 steps; " \
-           "data/state from 11 to 7 steps (2 episodes, 7 steps kept)" in out
+    assert f"repaired {path}: trimmed data/action from 11 to 7 rows; " \
+           "data/state from 11 to 7 rows (2 episodes, 7 steps kept)" in out
     assert main(["data", "validate", str(path)]) == 0
     with EpisodeStore.open(path) as store:
         assert store.array("action").shape == (7, 2)

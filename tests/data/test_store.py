@@ -363,15 +363,17 @@ def test_add_episode_rejects_and_keeps_saved(tmp_path, zarr_format, mutate, mess
 @pytest.mark.parametrize(
     ("meta", "message"),
     [
-        ({"seed": "abc"}, "metadata 'seed' does not fit the store's int64 (invalid literal"),
+        ({"seed": "abc"}, "metadata 'seed' of dtype <U3 does not fit the store's int64"),
+        ({"seed": 1.7}, "metadata 'seed' of dtype float64 does not fit the store's int64"),
+        ({"success": 5}, "metadata 'success' of dtype int64 does not fit the store's bool"),
         ({"success": True, "bad name": 1}, "bad episode metadata name 'bad name'"),
         ({"episode_ends": 3}, "bad episode metadata name 'episode_ends'"),
         (
             {"note": "ok", "pose": [0.1, 0.2]},
-            "metadata 'pose' needs one scalar per episode; got values of shape (2,)",
+            "metadata 'pose' needs one scalar per episode (1); got values of shape (1, 2)",
         ),
     ],
-    ids=["wrong-type", "bad-name", "reserved-name", "not-scalar"],
+    ids=["wrong-type", "lossy-float", "int-as-bool", "bad-name", "reserved-name", "not-scalar"],
 )
 def test_add_episode_rejects_bad_metadata(tmp_path, meta, message):
     path = tmp_path / "s.zarr"
