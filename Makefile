@@ -16,7 +16,12 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV) || { rm -rf $(VENV) && apt-get update -q && \
 		apt-get install -y -q python3-venv && $(PYTHON) -m venv $(VENV); }
 
+# Offscreen rendering (MuJoCo through EGL or OSMesa) needs these Debian libraries.
+APT_PACKAGES := libosmesa6 libegl1 libegl-mesa0 libgl1
+
 $(STAMP): $(BIN)/python pyproject.toml Makefile
+	dpkg -s $(APT_PACKAGES) >/dev/null 2>&1 || { apt-get update -q && \
+		apt-get install -y -q --no-install-recommends $(APT_PACKAGES); }
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q $(TORCH_PIN)
 	$(BIN)/pip install -q -e ".[dev]"

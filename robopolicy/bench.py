@@ -6,7 +6,7 @@ from __future__ import annotations
 import importlib
 
 # area -> module with run(workdir, quick) -> list of result dicts
-BENCHMARKS = {"data": "robopolicy.data.benchmark"}
+BENCHMARKS = {"data": "robopolicy.data.benchmark", "sim": "robopolicy.sim.benchmark"}
 
 
 def add_parser(subparsers) -> None:

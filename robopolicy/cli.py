@@ -15,6 +15,7 @@ from robopolicy.errors import RobopolicyError
 
 VERBS = {
     "data": "robopolicy.data.cli",
+    "sim": "robopolicy.sim.cli",
     "bench": "robopolicy.bench",
     "quickstart": "robopolicy.quickstart",
 }

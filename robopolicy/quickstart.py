@@ -1,11 +1,10 @@
 """``robopolicy quickstart``: the README's main job.
 
-Today it runs the data stage of the pipeline end to end: a scripted expert drives a point mass
-to random goals (with gripper-like open/close events), each episode is recorded step by step
-through the store's crash-safe writer exactly as a teleop recorder would, and the store is
-validated, summarised, split by episode and served as normalized training batches by
-DataLoader workers. Collection in MuJoCo, training and evaluation join this pipeline as the
-simulation and model issues land.
+Today it runs the data stage of the pipeline end to end on its default task, robosuite Lift:
+the scripted expert collects low-dim demonstrations in MuJoCo (only successful episodes are
+kept), the store is validated and summarised, split by episode, and served as normalized
+training batches by DataLoader workers. Training and evaluation join this pipeline with the
+model issue.
 """
 
 from __future__ import annotations
@@ -14,53 +13,7 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
-from tqdm.auto import tqdm
-
-FPS = 20
-
-
-def scripted_reach(rng: np.random.Generator, max_steps: int = 200) -> dict[str, np.ndarray]:
-    """One episode of a point mass (2-D, damped double integrator) reaching a random goal.
-
-    The expert is a PD controller with bounded force; the "gripper" closes once the goal is
-    within 2 cm. Returns per-step arrays; the episode ends 10 steps after the grasp.
-    """
-    dt, pos, vel = 1.0 / FPS, rng.uniform(-0.3, 0.3, 2), np.zeros(2)
-    goal = rng.uniform(-0.3, 0.3, 2)
-    steps: dict[str, list] = {"pos": [], "vel": [], "goal": [], "action": []}
-    grasped_at = None
-    for t in range(max_steps):
-        force = np.clip(8.0 * (goal - pos) - 2.5 * vel, -1.0, 1.0)
-        close = float(grasped_at is not None or np.linalg.norm(goal - pos) < 0.02)
-        steps["pos"].append(pos.copy())
-        steps["vel"].append(vel.copy())
-        steps["goal"].append(goal.copy())
-        steps["action"].append(np.array([*force, close]))
-        if close and grasped_at is None:
-            grasped_at = t
-        if grasped_at is not None and t >= grasped_at + 10:
-            break
-        vel = 0.9 * vel + force * dt
-        pos = pos + vel * dt
-    return {k: np.asarray(v, dtype=np.float32) for k, v in steps.items()}
-
-
-def record_demos(path: Path, n_episodes: int, seed: int) -> None:
-    """Write episodes step by step through the streaming writer, as a recorder does."""
-    from robopolicy.data import EpisodeStore
-
-    rng = np.random.default_rng(seed)
-    roles = {"pos": "obs", "vel": "obs", "goal": "obs", "action": "action"}
-    with EpisodeStore.create(path, fps=FPS, roles=roles, robot="point_mass", task="reach2d",
-                             source="scripted", overwrite=True) as store:
-        for episode in tqdm(range(n_episodes), desc="record demos"):
-            steps = scripted_reach(rng)
-            with store.episode_writer() as writer:
-                for t in range(len(steps["action"])):
-                    writer.append({k: v[t] for k, v in steps.items()})
-                success = bool(steps["action"][-1, 2] > 0.5)
-                writer.commit({"success": success, "seed": seed * 100_000 + episode})
+DEFAULT_TASK = "lift"
 
 
 def serve_batches(path: Path, batch_size: int, n_batches: int) -> dict:
@@ -90,21 +43,28 @@ def serve_batches(path: Path, batch_size: int, n_batches: int) -> dict:
             "samples_per_s_with_2_workers": round(n_batches * len(batch["action"]) / seconds)}
 
 
-def run(out_dir: Path, n_episodes: int = 200, seed: int = 0) -> dict:
+def run(out_dir: Path, task: str = DEFAULT_TASK, n_episodes: int = 50, seed: int = 0,
+        n_envs: int = 2) -> dict:
     from robopolicy.data import EpisodeStore
     from robopolicy.data.validate import validate_store
     from robopolicy.errors import StoreError
+    from robopolicy.sim.collect import collect
 
     out_dir.mkdir(parents=True, exist_ok=True)
     store_path = out_dir / "demos.zarr"
-    record_demos(store_path, n_episodes, seed)
+    start = time.perf_counter()
+    expert = collect(task, n_episodes, store_path, seed=seed, n_envs=n_envs, overwrite=True)
+    collect_seconds = time.perf_counter() - start
     problems = validate_store(store_path)
     if problems:
-        raise StoreError(f"{store_path}: the recorded store does not validate: {problems[0]}")
+        raise StoreError(f"{store_path}: the collected store does not validate: {problems[0]}")
     with EpisodeStore.open(store_path) as store:
         lengths = store.episode_lengths
-        summary = {"stage": "data", "store": str(store_path), "n_episodes": store.n_episodes,
-                   "n_steps": store.n_steps, "success_rate": float(store.meta("success").mean()),
+        summary = {"stage": "data", "task": task, "store": str(store_path),
+                   "expert_success_rate": expert["success_rate"],
+                   "expert_success_ci95": expert["success_ci95"],
+                   "collect_seconds": round(collect_seconds, 1),
+                   "n_episodes": store.n_episodes, "n_steps": store.n_steps,
                    "episode_length": {"min": int(lengths.min()), "mean": float(lengths.mean()),
                                       "max": int(lengths.max())},
                    "keys": {k: {"shape": list(store.array(k).shape[1:]), "role": r}
@@ -117,16 +77,20 @@ def run(out_dir: Path, n_episodes: int = 200, seed: int = 0) -> dict:
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("quickstart", help="run the main pipeline on its default task")
     p.add_argument("--out", default="runs/quickstart", help="output folder")
-    p.add_argument("--episodes", type=int, default=200)
+    p.add_argument("--task", default=DEFAULT_TASK, help="registered task (see `sim list`)")
+    p.add_argument("--episodes", type=int, default=50, help="expert episodes to collect")
+    p.add_argument("--n-envs", type=int, default=2, help="parallel simulation workers")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(run=main)
 
 
 def main(args) -> int:
     out = Path(args.out)
-    summary = run(out, n_episodes=args.episodes, seed=args.seed)
-    print(f"recorded {summary['n_episodes']} episodes ({summary['n_steps']} steps, expert "
-          f"success {summary['success_rate']:.2f}) -> {summary['store']}")
+    summary = run(out, task=args.task, n_episodes=args.episodes, seed=args.seed,
+                  n_envs=args.n_envs)
+    print(f"collected {summary['n_episodes']} {summary['task']} demos ({summary['n_steps']} "
+          f"steps, expert success {summary['expert_success_rate']:.2f}) in "
+          f"{summary['collect_seconds']} s -> {summary['store']}")
     print(f"served {summary['train_windows']} train / {summary['val_windows']} val windows at "
           f"{summary['samples_per_s_with_2_workers']} samples/s with 2 workers")
     print(f"summary: {out / 'summary.json'}  |  inspect: robopolicy data info {summary['store']}")

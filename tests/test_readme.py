@@ -15,3 +15,6 @@ def test_readme_python_example_runs(tmp_path, monkeypatch):
     assert namespace["store"].n_episodes == 2
     assert namespace["batch"]["action"].shape == (32, 16, 7)
     assert namespace["normalizer"].keys == ["action", "robot0_eef_pos"]
+    assert namespace["obs"]["agentview_image"].shape == (84, 84, 3)
+    assert namespace["summary"]["success_rate"] == 1.0
+    assert len(list((tmp_path / "runs" / "eval_lift_expert").glob("*.mp4"))) == 2

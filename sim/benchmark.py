@@ -1,0 +1,67 @@
+"""Simulation speed: env steps/s per task (low-dim and with images) and vector-env scaling
+(1 vs 2 subprocess workers, measured in the same run). One JSON line per result."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+
+import numpy as np
+
+from robopolicy.sim.core import make_env, task_names
+from robopolicy.sim.vector import VectorEnv
+
+
+def env_steps_per_s(task: str, n_steps: int, images: bool, repeats: int = 3) -> float:
+    """Median single-env steps/s with random actions (resets excluded from the timing)."""
+    env = make_env(task, images=images)
+    rng = np.random.default_rng(0)
+    env.reset(seed=0)
+    rates = []
+    for _ in range(repeats):
+        elapsed = 0.0
+        for _ in range(n_steps):
+            action = rng.uniform(env.action_space.low, env.action_space.high)
+            start = time.perf_counter()
+            _, _, terminated, truncated, _ = env.step(action)
+            elapsed += time.perf_counter() - start
+            if terminated or truncated:
+                env.reset()
+        rates.append(n_steps / elapsed)
+    env.close()
+    return statistics.median(rates)
+
+
+def vector_steps_per_s(task: str, n_envs: int, n_steps: int) -> float:
+    """Env steps/s (summed over envs) of subprocess workers with autoreset."""
+    with VectorEnv(task, n_envs, autoreset=True) as env:
+        env.reset(seed=0)
+        space = env.single_action_space
+        actions = np.random.default_rng(0).uniform(space.low, space.high,
+                                                   (n_steps, n_envs, *space.shape))
+        env.step(actions[0])  # warm up the workers
+        start = time.perf_counter()
+        for a in actions:
+            env.step(a)
+        return n_steps * n_envs / (time.perf_counter() - start)
+
+
+def run(workdir: str | None = None, quick: bool = False, tasks: list[str] | None = None,
+        scaling_task: str = "lift") -> list[dict]:
+    """Print and return the simulation benchmarks (``workdir`` is unused: nothing is written)."""
+    results = []
+    for task in tasks or task_names():
+        lowdim = env_steps_per_s(task, 200 if quick else 2000, images=False)
+        image = env_steps_per_s(task, 10 if quick else 60, images=True, repeats=1)
+        results.append({"bench": "sim.env_steps", "task": task,
+                        "lowdim_steps_per_s": round(lowdim, 1),
+                        "image_steps_per_s": round(image, 1)})
+        print(json.dumps(results[-1]), flush=True)
+    n = 100 if quick else 1000
+    one, two = vector_steps_per_s(scaling_task, 1, n), vector_steps_per_s(scaling_task, 2, n)
+    results.append({"bench": "sim.vector_scaling", "task": scaling_task,
+                    "steps_per_s_1_worker": round(one, 1), "steps_per_s_2_workers": round(two, 1),
+                    "speedup_2_vs_1": round(two / one, 2)})
+    print(json.dumps(results[-1]), flush=True)
+    return results

@@ -1,0 +1,106 @@
+"""What the native MuJoCo tasks share: physics stepping at a control rate, lazy offscreen
+cameras, and the constructor keywords every native task takes.
+
+Native tasks are small MJCF models kept as strings in their modules (so an installed wheel
+needs no package data), stepped with ``mj_step(nstep=...)`` and observed with a few array
+reads, so one core runs thousands of control steps a second.
+"""
+
+from __future__ import annotations
+
+import mujoco
+import numpy as np
+from gymnasium import spaces
+
+from robopolicy.sim.core import SimError, TaskEnv
+
+
+def vec_space(dim: int, bound: float = np.inf) -> spaces.Box:
+    """A float32 low-dim observation space of ``dim`` values in [-bound, bound]."""
+    return spaces.Box(-bound, bound, shape=(dim,), dtype=np.float32)
+
+
+def image_space(size: int) -> spaces.Box:
+    """A (size, size, 3) uint8 camera observation space."""
+    return spaces.Box(0, 255, shape=(size, size, 3), dtype=np.uint8)
+
+
+class NativeTaskEnv(TaskEnv):
+    """A task on one MJCF model: subclasses build their observation dict and reward terms;
+    this class owns the model, the substepping and the cameras.
+
+    ``camera`` names the fixed camera used both for the ``scene_image`` observation (when
+    ``images=True``) and for :meth:`render`.
+    """
+
+    camera: str = "scene"
+    image_key: str = "scene_image"
+
+    def __init__(self, xml: str, substeps: int, images: bool = False, image_size: int = 84,
+                 render_size: int = 256, max_episode_steps: int | None = None) -> None:
+        super().__init__()
+        if image_size < 1 or render_size < 1:
+            raise SimError(f"{self.task}: image_size and render_size must be positive, got "
+                           f"{image_size} and {render_size}")
+        if max_episode_steps is not None:
+            if max_episode_steps < 1:
+                raise SimError(f"{self.task}: max_episode_steps must be >= 1, got "
+                               f"{max_episode_steps}")
+            self.max_episode_steps = int(max_episode_steps)
+        self.model = mujoco.MjModel.from_xml_string(xml)
+        self.data = mujoco.MjData(self.model)
+        self.substeps = substeps
+        # fps follows from the model's timestep, so the two can never disagree.
+        self.fps = round(1.0 / (self.model.opt.timestep * substeps), 6)
+        self.images = images
+        self.image_size = image_size
+        self.render_size = render_size
+        self._camera_id = self._id(mujoco.mjtObj.mjOBJ_CAMERA, self.camera)
+        # Renderers are created on first use: GL contexts are costly, and low-dim envs never
+        # need one. Keyed by size, since the observation and the video frame can differ.
+        self._renderers: dict[int, mujoco.Renderer] = {}
+
+    def _id(self, kind: mujoco.mjtObj, name: str) -> int:
+        """The id of a named model element; a missing name is a bug in the task's MJCF."""
+        idx = mujoco.mj_name2id(self.model, kind, name)
+        if idx < 0:
+            raise SimError(f"{self.task}: model has no {kind.name} named '{name}'")
+        return idx
+
+    def _simulate(self) -> None:
+        """Advance the physics one control step (``substeps`` timesteps)."""
+        mujoco.mj_step(self.model, self.data, nstep=self.substeps)
+
+    def _restart(self) -> None:
+        """Zero the whole physics state, so an episode depends only on what _reset sets."""
+        mujoco.mj_resetData(self.model, self.data)
+
+    def _frame(self, size: int) -> np.ndarray:
+        """The camera view at ``size`` x ``size``, (H, W, 3) uint8, right side up."""
+        renderer = self._renderers.get(size)
+        if renderer is None:
+            # The offscreen buffer must hold the largest frame asked for.
+            vis = self.model.vis.global_
+            vis.offwidth, vis.offheight = max(vis.offwidth, size), max(vis.offheight, size)
+            renderer = self._renderers[size] = mujoco.Renderer(self.model, size, size)
+        renderer.update_scene(self.data, camera=self._camera_id)
+        return renderer.render()  # a fresh array: callers may keep it
+
+    def _with_images(self, obs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """``obs`` plus the camera observation when the env was built with images."""
+        if self.images:
+            obs[self.image_key] = self._frame(self.image_size)
+        return obs
+
+    def _image_spaces(self) -> dict[str, spaces.Box]:
+        return {self.image_key: image_space(self.image_size)} if self.images else {}
+
+    def render(self) -> np.ndarray:
+        """A (render_size, render_size, 3) uint8 frame of the scene camera."""
+        return self._frame(self.render_size)
+
+    def close(self) -> None:
+        """Free the GL contexts now: freeing them at interpreter exit prints EGL errors."""
+        for renderer in self._renderers.values():
+            renderer.close()
+        self._renderers.clear()
