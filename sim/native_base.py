@@ -14,6 +14,13 @@ from gymnasium import spaces
 
 from robopolicy.sim.core import SimError, TaskEnv
 
+# The checker floor and sky gradient every native scene uses (MJCF <asset> children).
+BACKDROP_TEXTURES = """\
+    <texture name="grid" type="2d" builtin="checker" width="256" height="256"
+             rgb1=".35 .35 .38" rgb2=".3 .3 .33"/>
+    <texture name="sky" type="skybox" builtin="gradient" width="64" height="64"
+             rgb1=".55 .65 .8" rgb2=".15 .15 .2"/>"""
+
 
 def vec_space(dim: int, bound: float = np.inf) -> spaces.Box:
     """A float32 low-dim observation space of ``dim`` values in [-bound, bound]."""

@@ -15,7 +15,7 @@ import numpy as np
 from gymnasium import spaces
 
 from robopolicy.sim.core import ScriptedExpert
-from robopolicy.sim.native_base import NativeTaskEnv, vec_space
+from robopolicy.sim.native_base import BACKDROP_TEXTURES, NativeTaskEnv, vec_space
 
 MAX_STEP = 0.02  # metres of commanded pusher motion per control step at |action| = 1
 GOAL_RADIUS = 0.04  # success: the box centre is within this of the goal centre
@@ -33,10 +33,7 @@ XML = f"""
   <option timestep="0.005" integrator="implicitfast"/>
   <visual><global offwidth="256" offheight="256"/></visual>
   <asset>
-    <texture name="grid" type="2d" builtin="checker" width="256" height="256"
-             rgb1=".35 .35 .38" rgb2=".3 .3 .33"/>
-    <texture name="sky" type="skybox" builtin="gradient" width="64" height="64"
-             rgb1=".55 .65 .8" rgb2=".15 .15 .2"/>
+{BACKDROP_TEXTURES}
     <material name="grid" texture="grid" texrepeat="12 12"/>
     <material name="goal" rgba=".1 .9 .1 1" emission="1"/>
   </asset>
