@@ -1,0 +1,14 @@
+"""Action models: one protocol (see ``base``), one folder per family, a plain-dict registry.
+
+    diffusion  DDPM training, DDPM or DDIM sampling (diffusers schedulers)
+    flow       conditional flow matching, Euler or midpoint sampling
+"""
+
+from robopolicy.policies.base import ActionModel, ModelConfig, load_model
+from robopolicy.policies.diffusion import DiffusionConfig, DiffusionModel
+from robopolicy.policies.flow import FlowConfig, FlowModel
+
+MODELS: dict[str, type[ActionModel]] = {"diffusion": DiffusionModel, "flow": FlowModel}
+
+__all__ = ["MODELS", "ActionModel", "DiffusionConfig", "DiffusionModel", "FlowConfig",
+           "FlowModel", "ModelConfig", "load_model"]

@@ -1,0 +1,14 @@
+"""Suite-wide settings."""
+
+import pytest
+import torch
+
+
+@pytest.fixture(autouse=True, scope="session")
+def one_torch_thread():
+    """The test models are small: intra-op threads gain nothing, and on a 2-core machine
+    shared with simulator workers OpenMP threads spin for a busy core and stall each op."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

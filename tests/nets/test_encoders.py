@@ -1,0 +1,128 @@
+"""Observation encoder and the GroupNorm ResNet-18."""
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from robopolicy.nets.encoders import ObsEncoder, random_crop
+from robopolicy.nets.resnet import ResNet18GN
+
+B, TO = 3, 2
+
+
+def images(h=24, w=24, c=3, batch=B, same=False, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, 256, (1 if same else batch, TO, h, w, c), generator=g, dtype=torch.uint8)
+    return x.expand(batch, -1, -1, -1, -1).contiguous() if same else x  # (B, To, H, W, C)
+
+
+def test_lowdim_identity_is_flattened_input_in_sorted_key_order():
+    shapes = {"z_pos": (3,), "a_quat": (4,), "m_grid": (2, 2)}
+    enc = ObsEncoder(shapes, TO)
+    nobs = {k: torch.randn(B, TO, *s) for k, s in shapes.items()}
+    nobs["ignored_extra_key"] = torch.randn(B, 5)
+    out = enc(nobs)
+    expected = torch.cat([nobs[k].flatten(1) for k in ("a_quat", "m_grid", "z_pos")], dim=-1)
+    assert enc.out_dim == TO * (3 + 4 + 4) == out.shape[1]
+    torch.testing.assert_close(out, expected)
+    assert not list(enc.parameters())
+
+
+def test_lowdim_mlp_out_dim():
+    shapes = {"pos": (3,), "vel": (6,)}
+    enc = ObsEncoder(shapes, TO, lowdim="mlp")
+    out = enc({k: torch.randn(B, TO, *s) for k, s in shapes.items()})
+    assert out.shape == (B, enc.out_dim)
+    with pytest.raises(ValueError, match="lowdim"):
+        ObsEncoder(shapes, TO, lowdim="conv")
+
+
+def test_missing_key_and_bad_shape_are_named():
+    enc = ObsEncoder({"pos": (3,), "gripper": (1,)}, TO)
+    with pytest.raises(KeyError, match="gripper"):
+        enc({"pos": torch.zeros(B, TO, 3)})
+    with pytest.raises(ValueError, match="'pos'"):
+        enc({"pos": torch.zeros(B, TO + 1, 3), "gripper": torch.zeros(B, TO, 1)})
+
+
+def test_image_encoder_accepts_uint8_and_out_dim_matches():
+    shapes = {"cam": (24, 24, 3), "pos": (3,)}
+    enc = ObsEncoder(shapes, TO, image_feature_dim=16).eval()
+    assert enc.image_keys == ["cam"]  # found from the (H, W, C) shape
+    out = enc({"cam": images(), "pos": torch.randn(B, TO, 3)})
+    assert out.shape == (B, enc.out_dim) == (B, TO * (16 + 3))
+    assert out.dtype == torch.float32 and torch.isfinite(out).all()
+
+
+def test_random_crop_takes_one_window_per_sample():
+    h = w = 10
+    grid = (torch.arange(h)[:, None] * h + torch.arange(w)).to(torch.uint8)  # value = 10 r + c
+    x = grid[None, None, :, :, None].expand(8, TO, h, w, 1)  # (B, To, H, W, 1)
+    crops = random_crop(x, (7, 6))
+    assert crops.shape == (8, TO, 7, 6, 1)
+    for crop in crops:
+        top, left = divmod(int(crop[0, 0, 0, 0]), h)
+        for frame in crop:  # the same window for every frame of a sample
+            assert torch.equal(frame[..., 0], grid[top: top + 7, left: left + 6])
+
+
+def test_train_crops_differ_per_sample_and_call_eval_is_deterministic():
+    torch.manual_seed(0)
+    enc = ObsEncoder({"cam": (24, 24, 3)}, TO, image_feature_dim=8)
+    cam = enc.image_encoders[0]
+    x = images(batch=6, same=True)  # six copies of one window
+    c1, c2 = cam.crop(x), cam.crop(x)
+    assert c1.shape == (6, TO, 22, 22, 3)  # round(0.9 * 24)
+    assert len({c.numpy().tobytes() for c in c1}) > 1  # samples get different crops
+    assert not torch.equal(c1, c2)  # and a new crop each call
+    out = enc({"cam": x})
+    assert not torch.allclose(out[0], out[1])
+    enc.eval()
+    e1, e2 = enc({"cam": x}), enc({"cam": x})
+    torch.testing.assert_close(e1, e2, atol=0, rtol=0)
+    torch.testing.assert_close(e1, e1[:1].expand_as(e1), atol=1e-6, rtol=0)
+
+
+def test_resnet18_gn_parameter_count_and_groupnorm():
+    net = ResNet18GN()
+    n = sum(p.numel() for p in net.parameters())
+    # torchvision resnet18: 11,689,512 with fc (513,000) -> 11,176,512 without; GN == BN params
+    assert n == 11_176_512
+    norms = [m for m in net.modules() if isinstance(m, nn.GroupNorm)]
+    assert len(norms) == 20 and all(m.num_channels // m.num_groups == 16 for m in norms)
+    out = net(torch.randn(2, 3, 32, 32))
+    assert out.shape == (2, 512, 1, 1)
+
+
+def test_no_batchnorm_and_one_encoder_per_camera_unless_shared(tmp_path):
+    shapes = {"front.rgb": (24, 24, 3), "wrist.rgb": (20, 20, 3), "pos": (2,)}
+    enc = ObsEncoder(shapes, TO, image_feature_dim=8)
+    assert len(enc.image_encoders) == 2
+    assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in enc.modules())
+    shared = ObsEncoder(shapes, TO, image_feature_dim=8, share_camera_encoder=True)
+    assert len(shared.image_encoders) == 1
+    assert shared.out_dim == enc.out_dim == TO * (8 + 8 + 2)
+    n_enc = sum(p.numel() for p in enc.parameters())
+    assert sum(p.numel() for p in shared.parameters()) == n_enc // 2
+    nobs = {"front.rgb": images(), "wrist.rgb": images(20, 20), "pos": torch.randn(B, TO, 2)}
+    assert shared.eval()(nobs).shape == (B, shared.out_dim)
+    # a checkpoint must hold no aliased tensors (safetensors refuses them)
+    save_file(shared.state_dict(), tmp_path / "m.safetensors")
+    assert set(load_file(tmp_path / "m.safetensors")) == set(shared.state_dict())
+
+
+def test_image_key_validation():
+    with pytest.raises(KeyError, match="top"):
+        ObsEncoder({"pos": (3,)}, TO, image_keys=["top"])
+    with pytest.raises(ValueError, match="channel"):
+        ObsEncoder({"a": (8, 8, 3), "b": (8, 8, 1)}, TO, share_camera_encoder=True)
+    with pytest.raises(ValueError, match="crop_ratio"):
+        ObsEncoder({"a": (8, 8, 3)}, TO, crop_ratio=0.0)
+
+
+def test_gradients_reach_the_image_encoder():
+    enc = ObsEncoder({"cam": (24, 24, 3), "pos": (3,)}, TO, image_feature_dim=8, lowdim="mlp")
+    out = enc({"cam": images(), "pos": torch.randn(B, TO, 3)})
+    out.square().mean().backward()
+    assert all(p.grad is not None for p in enc.parameters())
