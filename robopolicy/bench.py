@@ -6,7 +6,8 @@ from __future__ import annotations
 import importlib
 
 # area -> module with run(workdir, quick) -> list of result dicts
-BENCHMARKS = {"data": "robopolicy.data.benchmark", "sim": "robopolicy.sim.benchmark"}
+BENCHMARKS = {"data": "robopolicy.data.benchmark", "sim": "robopolicy.sim.benchmark",
+              "models": "robopolicy.policies.benchmark"}
 
 
 def add_parser(subparsers) -> None:

@@ -58,3 +58,14 @@ def test_bench_prints_json_lines(capsys, tmp_path):
     for result in lines:
         assert result["samples_per_s"] > result["naive_samples_per_s"] > 0
     assert list(tmp_path.iterdir()) == []  # scratch stores are removed
+
+
+@pytest.mark.slow
+def test_models_bench_measures_streaming_against_full_ddim(capsys):
+    assert main(["bench", "models", "--quick"]) == 0
+    lines = {json.loads(line)["bench"]: json.loads(line)
+             for line in capsys.readouterr().out.splitlines()}
+    streaming = lines["models.streaming_per_call"]
+    assert streaming["ratio"] == pytest.approx(
+        streaming["streaming_ms"] / streaming["ddim_full_ms"], abs=1e-3)
+    assert {"models.latency", "models.train_steps_per_s"} <= set(lines)

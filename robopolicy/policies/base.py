@@ -10,7 +10,9 @@ ROS node talk to a model only through:
 - ``sample(cond, noise=None, steps=None) -> naction``: the full sampler, normalized units;
 - ``denoise_step(x, k, cond) -> (mean, std)``: one transition of that sampler (DPPO's chain
   log-likelihood; what the inference engine unrolls);
-- ``predict_action(obs) -> {"action": (B, Ta, Da), "action_pred": (B, T, Da)}``, raw units.
+- ``predict_action(obs) -> {"action": (B, Ta, Da), "action_pred": (B, T, Da)}``, raw units;
+  ``init_state(n_envs)`` / ``reset_state(state, mask)`` keep per-environment sampler state
+  (streaming diffusion's buffers), passed back as ``predict_action(obs, state=, env_ids=)``.
 
 The normalizer lives inside the model and is saved with it. A checkpoint is a directory with
 ``config.json`` and ``model.safetensors``; :func:`load_model` needs nothing else.
@@ -104,8 +106,9 @@ class ActionModel(nn.Module):
 
     # ------------------------------------------------------------------ the protocol
     def encode_obs(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Raw observations (B, To, ...) -> conditioning (B, Dc); low-dim keys normalized."""
-        nobs = {k: v if k in self.config.image_keys else self.normalizer.normalize(k, v)
+        """Raw observations (B, To, ...) -> conditioning (B, Dc); low-dim keys normalized
+        (stores may hold float64: the network computes in float32)."""
+        nobs = {k: v if k in self.config.image_keys else self.normalizer.normalize(k, v.float())
                 for k, v in obs.items() if k in self.obs_encoder_keys}
         return self.obs_encoder(nobs)
 
@@ -123,10 +126,18 @@ class ActionModel(nn.Module):
     def denoise_step(self, x: torch.Tensor, k: torch.Tensor, cond: torch.Tensor):
         raise NotImplementedError
 
+    def init_state(self, n_envs: int) -> Any:
+        """Per-environment sampler state (streaming buffers); None for stateless families."""
+        return None
+
+    def reset_state(self, state: Any, mask: Any) -> None:
+        """Environments in ``mask`` start a new episode (stateless families: nothing to do)."""
+
     @torch.no_grad()
-    def predict_action(self, obs: dict[str, torch.Tensor],
-                       noise: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """Actions in raw units: the executable ``Ta`` steps and the whole predicted chunk."""
+    def predict_action(self, obs: dict[str, torch.Tensor], noise: torch.Tensor | None = None,
+                       state: Any = None, env_ids: Any = None) -> dict[str, torch.Tensor]:
+        """Actions in raw units: the executable ``Ta`` steps and the whole predicted chunk.
+        ``state``/``env_ids`` carry streaming buffers; stateless families ignore them."""
         cond = self.encode_obs(obs)
         naction = self.sample(cond, noise=noise)  # (B, T, Da)
         action = self.normalizer.unnormalize(self.config.action_key, naction)
@@ -149,7 +160,7 @@ class ActionModel(nn.Module):
         return torch.randn(shape, generator=generator, device=device)
 
     def normalized_actions(self, batch: dict) -> torch.Tensor:
-        return self.normalizer.normalize(self.config.action_key, batch["action"])
+        return self.normalizer.normalize(self.config.action_key, batch["action"].float())
 
     @staticmethod
     def reduce(per_sample: torch.Tensor, reduction: str) -> torch.Tensor:

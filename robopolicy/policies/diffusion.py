@@ -87,15 +87,21 @@ class DiffusionModel(ActionModel):
         """Train timesteps skipped per sampling step ("leading" spacing, as diffusers)."""
         return self.config.num_train_timesteps // (steps or self.config.num_inference_steps)
 
+    def alpha_bar(self, k: torch.Tensor) -> torch.Tensor:
+        """Cumulative alpha at train steps ``k`` (B,) or (B, T), shaped to broadcast over
+        (B, T, Da); steps below 0 mean "clean" (alpha bar 1)."""
+        a = torch.where(k >= 0, self.alphas_cumprod[k.clamp(min=0)],
+                        torch.ones_like(k, dtype=self.alphas_cumprod.dtype))
+        return a.view(-1, 1, 1) if k.ndim == 1 else a.unsqueeze(-1)  # (B, 1, 1) or (B, T, 1)
+
     def denoise_step(self, x: torch.Tensor, k: torch.Tensor, cond: torch.Tensor,
                      steps: int | None = None):
-        """One sampling transition from step ``k`` (B,) as a Gaussian: (mean, std), each
-        (B, T, Da); std is 0 at the last step (and for DDIM with eta = 0)."""
+        """One sampling transition from train step ``k`` (B,), or one per horizon element
+        (B, T), as a Gaussian: (mean, std), each (B, T, Da); std is 0 at the last step (and for
+        DDIM with eta = 0)."""
         out = self.backbone(x, k.float(), cond)
-        prev = k - self.step_ratio(steps)  # (B,)
-        a_t = self.alphas_cumprod[k].view(-1, 1, 1)  # (B, 1, 1)
-        a_prev = torch.where(prev >= 0, self.alphas_cumprod[prev.clamp(min=0)],
-                             torch.ones_like(prev, dtype=a_t.dtype)).view(-1, 1, 1)
+        prev = k - self.step_ratio(steps)
+        a_t, a_prev = self.alpha_bar(k), self.alpha_bar(prev)
         if self.config.prediction_type == "epsilon":
             eps, x0 = out, (x - (1 - a_t).sqrt() * out) / a_t.sqrt()
         else:
@@ -110,5 +116,5 @@ class DiffusionModel(ActionModel):
         else:
             std = self.config.ddim_eta * variance.sqrt()
             mean = a_prev.sqrt() * x0 + (1 - a_prev - std.square()).sqrt() * eps
-        std = torch.where(prev.view(-1, 1, 1) >= 0, std, torch.zeros_like(std))
+        std = torch.where(a_prev < 1, std, torch.zeros_like(std))  # the last step is exact
         return mean, std.expand_as(mean)

@@ -28,11 +28,13 @@ class ChunkExecutor:
         self.queue = np.zeros((n_envs, self.n_action_steps, model.action_dim), np.float32)
         self.left = np.zeros(n_envs, int)  # actions left in each queue
         self.fresh = np.ones(n_envs, bool)
+        self.state = model.init_state(n_envs)  # streaming buffers; None for other families
 
     def reset(self, mask: np.ndarray) -> None:
         mask = np.asarray(mask, bool)
         self.fresh |= mask
         self.left[mask] = 0
+        self.model.reset_state(self.state, mask)
 
     def _remember(self, obs: dict[str, np.ndarray]) -> None:
         for key in self.model.obs_encoder_keys:
@@ -54,7 +56,9 @@ class ChunkExecutor:
         if need.any():
             batch = {k: torch.as_tensor(h[need], device=self.device)
                      for k, h in self.history.items()}
-            chunk = self.model.predict_action(batch)["action"]  # (B', Ta, Da)
+            ids = np.flatnonzero(need)
+            out = self.model.predict_action(batch, state=self.state, env_ids=ids)
+            chunk = out["action"]  # (B', Ta, Da)
             self.queue[need] = chunk.float().cpu().numpy()
             self.left[need] = self.n_action_steps
         taken = self.n_action_steps - self.left  # index of each env's next action

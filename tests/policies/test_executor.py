@@ -27,8 +27,8 @@ def test_history_chunks_and_resets():
     calls = []
     predict = model.predict_action
 
-    def spy(obs, noise=None):  # the real predict_action, recording what it was given
-        out = predict(obs, noise)
+    def spy(obs, noise=None, state=None, env_ids=None):  # the real one, recording its input
+        out = predict(obs, noise, state, env_ids)
         calls.append(({k: v.clone() for k, v in obs.items()}, out["action"].clone()))
         return out
 
