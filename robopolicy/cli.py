@@ -16,6 +16,8 @@ from robopolicy.errors import RobopolicyError
 VERBS = {
     "data": "robopolicy.data.cli",
     "sim": "robopolicy.sim.cli",
+    "train": "robopolicy.train",
+    "eval": "robopolicy.evaluate_cli",
     "bench": "robopolicy.bench",
     "quickstart": "robopolicy.quickstart",
 }

@@ -55,6 +55,9 @@ def controller_config(control: str) -> dict:
     from robosuite.controllers import load_composite_controller_config
 
     config = load_composite_controller_config(controller="BASIC", robot="Panda")
+    # BASIC describes every body part robosuite knows; the Panda has only the arm ("right"),
+    # and robosuite warns about each part it has to drop.
+    config["body_parts"] = {"right": config["body_parts"]["right"]}
     if control == "absolute":
         arm = config["body_parts"]["right"]
         arm["input_type"] = "absolute"
@@ -213,7 +216,11 @@ class RobosuiteEnv(TaskEnv):
             model.vis.global_.offwidth = max(model.vis.global_.offwidth, self.render_size)
             model.vis.global_.offheight = max(model.vis.global_.offheight, self.render_size)
             self._renderer = mujoco.Renderer(model, self.render_size, self.render_size)
-        self._renderer.update_scene(self._env.sim.data._data, camera="agentview")
+            # robosuite's collision geoms (group 0) are coloured shapes its own renderer hides
+            self._scene_option = mujoco.MjvOption()
+            self._scene_option.geomgroup[0] = 0
+        self._renderer.update_scene(self._env.sim.data._data, camera="agentview",
+                                    scene_option=self._scene_option)
         return self._renderer.render().copy()  # mujoco.Renderer's frames are right side up
 
     def close(self) -> None:

@@ -39,6 +39,19 @@ from robopolicy.nets.encoders import ObsEncoder
 CONFIG_NAME, WEIGHTS_NAME = "config.json", "model.safetensors"
 
 
+def coerce_floats(cls: type, values: dict[str, Any]) -> dict[str, Any]:
+    """Turn strings such as "1e-3" (which YAML 1.1 leaves as strings) into floats for the
+    dataclass fields whose default is a float; anything unparsable is a ConfigError."""
+    out = dict(values)
+    for f in dataclasses.fields(cls):
+        if isinstance(f.default, float) and isinstance(out.get(f.name), str | int):
+            try:
+                out[f.name] = float(out[f.name])
+            except ValueError:
+                raise ConfigError(f"{f.name}: {out[f.name]!r} is not a number") from None
+    return out
+
+
 @dataclass
 class ModelConfig:
     """What every family needs. ``shapes`` holds the per-step shape of each observation key
@@ -81,7 +94,7 @@ class ModelConfig:
         if unknown:
             raise ConfigError(f"{cls.family}: unknown config key(s) {unknown}; known: "
                               f"{sorted(known)}")
-        return cls(**values)
+        return cls(**coerce_floats(cls, values))
 
 
 class ActionModel(nn.Module):

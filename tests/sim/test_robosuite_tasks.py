@@ -184,3 +184,17 @@ def test_expert_succeeds(task_env, seed):
         if terminated or truncated:
             break
     assert info["success"] and terminated and reward == 1.0, f"{name} seed {seed}"
+
+
+def test_video_frames_hide_collision_geoms():
+    """robosuite's collision geoms are saturated green/blue/yellow shapes; the video frame must
+    show the visual meshes only (a white/grey robot, not a green one)."""
+    env = make_env("lift", render_size=96)
+    try:
+        env.reset(seed=0)
+        frame = env.render().astype(int)
+        red, green, blue = frame[..., 0], frame[..., 1], frame[..., 2]
+        greenish = (green > red + 60) & (green > blue + 60)
+        assert greenish.mean() < 0.005, f"{greenish.mean():.3f} of the frame is collision-green"
+    finally:
+        env.close()
