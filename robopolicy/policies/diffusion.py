@@ -58,13 +58,17 @@ class DiffusionModel(ActionModel):
         self.register_buffer("alphas_cumprod", alphas, persistent=False)
 
     # ------------------------------------------------------------------ training
+    def training_steps(self, batch_size: int, device: torch.device) -> torch.Tensor:
+        """Train steps to noise each sample to: (B,), uniform (streaming: one per element)."""
+        return torch.randint(0, self.config.num_train_timesteps, (batch_size,), device=device)
+
     def compute_loss(self, batch: dict, reduction: str = "mean"):
         naction = self.normalized_actions(batch)  # (B, T, Da)
         cond = self.encode_obs(batch["obs"])  # (B, Dc)
         noise = torch.randn_like(naction)
-        k = torch.randint(0, self.config.num_train_timesteps, (len(naction),),
-                          device=naction.device)  # (B,)
-        noisy = self.noise_scheduler.add_noise(naction, noise, k)
+        k = self.training_steps(len(naction), naction.device)  # (B,) or (B, T)
+        a = self.alpha_bar(k)  # the forward process q(x_k | x_0), as diffusers' add_noise
+        noisy = a.sqrt() * naction + (1 - a).sqrt() * noise
         pred = self.backbone(noisy, k.float(), cond)
         target = noise if self.config.prediction_type == "epsilon" else naction
         per_sample = (pred - target).square().mean(dim=(1, 2))  # (B,)

@@ -74,22 +74,15 @@ class StreamingDiffusionModel(DiffusionModel):
         return self.config.num_inference_steps // self.config.n_chunks
 
     # ------------------------------------------------------------------ training
-    def compute_loss(self, batch: dict, reduction: str = "mean"):
-        naction = self.normalized_actions(batch)  # (B, T, Da)
-        cond = self.encode_obs(batch["obs"])
-        n, b = self.config.num_train_timesteps, len(naction)
-        u = torch.rand(b, 1, device=naction.device)  # (B, 1) offset within a chunk's band
+    def training_steps(self, batch_size: int, device: torch.device) -> torch.Tensor:
+        """One train step per element (B, T): the chunk-wise staircase, or one level for the
+        whole chunk with probability ``p_constant_noise``."""
+        n = self.config.num_train_timesteps
+        u = torch.rand(batch_size, 1, device=device)  # (B, 1) offset within a chunk's band
         chunkwise = ((self.chunk_of + u) * n / self.config.n_chunks).long()  # (B, T)
-        constant = torch.randint(0, n, (b, 1), device=naction.device).expand_as(chunkwise)
-        pick = torch.rand(b, 1, device=naction.device) < self.config.p_constant_noise
-        k = torch.where(pick, constant, chunkwise).clamp(max=n - 1)  # (B, T)
-        noise = torch.randn_like(naction)
-        a = self.alpha_bar(k)  # (B, T, 1)
-        noisy = a.sqrt() * naction + (1 - a).sqrt() * noise
-        pred = self.backbone(noisy, k.float(), cond)
-        target = noise if self.config.prediction_type == "epsilon" else naction
-        per_sample = (pred - target).square().mean(dim=(1, 2))  # (B,)
-        return self.reduce(per_sample, reduction), {"loss": per_sample.mean().item()}
+        constant = torch.randint(0, n, (batch_size, 1), device=device).expand_as(chunkwise)
+        pick = torch.rand(batch_size, 1, device=device) < self.config.p_constant_noise
+        return torch.where(pick, constant, chunkwise).clamp(max=n - 1)  # (B, T)
 
     # ------------------------------------------------------------------ streaming
     def init_state(self, n_envs: int) -> StreamState:

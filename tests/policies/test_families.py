@@ -173,3 +173,12 @@ def test_losses_per_sample_and_config_errors(tmp_path):
         load_model(tmp_path)
     with pytest.raises(Exception, match="no statistics for 'action'"):
         FlowModel(FlowConfig(**common())).fit_normalizer({"state": toy_stats()["state"]})
+
+
+def test_training_noise_is_diffusers_forward_process():
+    model = build(DiffusionConfig(**common()))
+    x0, noise = torch.randn(4, 4, 2), torch.randn(4, 4, 2)
+    k = torch.tensor([0, 10, 50, 99])
+    a = model.alpha_bar(k)  # (B, 1, 1)
+    torch.testing.assert_close(a.sqrt() * x0 + (1 - a).sqrt() * noise,
+                               model.noise_scheduler.add_noise(x0, noise, k))
