@@ -154,14 +154,15 @@ class EpisodeDataset(Dataset):
             self.sampler = SequenceSampler(store.episode_ends, horizon,
                                            pad_before=n_obs_steps - 1,
                                            pad_after=n_action_steps - 1, episode_mask=mask)
-        self._pid, self._caches = None, {}
+        self._pid, self._caches, self._store = None, {}, None
 
     def __len__(self) -> int:
         return len(self.sampler)
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
-        state["_pid"], state["_caches"] = None, {}  # each worker opens the store itself
+        # each worker opens the store itself, on first use
+        state["_pid"], state["_caches"], state["_store"] = None, {}, None
         return state
 
     def _image_cache(self, key: str) -> ChunkCache:

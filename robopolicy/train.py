@@ -72,10 +72,12 @@ def _loaders(cfg: TrainConfig, config) -> tuple:
               "seed": cfg.seed, "obs_keys": [k for k in config.shapes if k != "action"]}
     train = EpisodeDataset(cfg.data, split="train", **window)
     val = EpisodeDataset(cfg.data, split="val", **window) if cfg.val_ratio > 0 else None
-    batch = min(cfg.batch_size, len(train))
-    return (make_loader(train, batch, num_workers=cfg.num_workers, seed=cfg.seed),
-            val and make_loader(val, min(cfg.batch_size, len(val)), shuffle=False,
-                                drop_last=False))
+    train_loader = make_loader(train, min(cfg.batch_size, len(train)),
+                               num_workers=cfg.num_workers, seed=cfg.seed)
+    if val is None:
+        return train_loader, None
+    return train_loader, make_loader(val, min(cfg.batch_size, len(val)), shuffle=False,
+                                     drop_last=False)
 
 
 @torch.no_grad()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +33,7 @@ def collect(task: str, n_episodes: int, out: str | os.PathLike, images: bool = F
     the envs finish them in. Returns the expert's evaluation summary plus what was stored.
     """
     source = f"scripted_expert:{task}"
+    start = time.perf_counter()
     if Path(out).exists() and not overwrite:  # before minutes of simulation, not after
         raise StoreError(f"{out}: already exists; choose a new path or pass overwrite=True "
                          "(--overwrite)")
@@ -49,7 +51,8 @@ def collect(task: str, n_episodes: int, out: str | os.PathLike, images: bool = F
                 finished[episode.index] = episode
                 next_index = _store_ready(store, finished, next_index, keep_failures, source,
                                           env.fps)
-            summary = summarize(task, [finished[i] for i in sorted(finished)], seed, 0.0)
+            summary = summarize(task, [finished[i] for i in sorted(finished)], seed,
+                                time.perf_counter() - start)
             summary |= {"stored_episodes": store.n_episodes, "stored_steps": store.n_steps,
                         "out": str(out), "action_noise": action_noise,
                         "timing_jitter": timing_jitter, "images": images}
