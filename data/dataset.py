@@ -14,13 +14,20 @@ from __future__ import annotations
 import asyncio
 import os
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numcodecs
 import numpy as np
 import torch
 import zarr
-from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
+from torch.utils.data import (
+    BatchSampler,
+    DataLoader,
+    Dataset,
+    RandomSampler,
+    Sampler,
+    SequentialSampler,
+)
 
 from robopolicy.data.sampler import SequenceSampler, split_episodes
 from robopolicy.data.store import EpisodeStore, is_image
@@ -196,6 +203,51 @@ class EpisodeDataset(Dataset):
                      "action": batch["action"][0]}
         return batch
 
+    def window_weights(self, flag_key: str, weight: float) -> np.ndarray:
+        """Sampling weight per window (M,): ``weight`` where the per-step flag ``flag_key``
+        (e.g. "intervention") is set at the window's current step (its last observed one),
+        1 elsewhere. Used to up-weight human corrections (HG-DAgger-style retraining)."""
+        with EpisodeStore.open(self.path) as store:
+            flags = store.load(flag_key)  # (N,) every step of the store
+        if flags.ndim != 1 or flags.dtype != bool:
+            raise StoreError(f"{self.path}: data/{flag_key} must be a boolean flag per step, got "
+                             f"{flags.dtype} {flags.shape}")
+        current = self.sampler.steps_at(self.n_obs_steps - 1)  # (M,)
+        return np.where(flags[current], float(weight), 1.0)
+
+
+class StepBatchSampler(Sampler):
+    """Endless batches of window ids in which the batch of step ``s`` depends only on
+    (seed, rank, s): a resumed run draws exactly the batches an uninterrupted one would, and
+    data-parallel ranks draw different ones. Ids are drawn with replacement, uniformly or
+    in proportion to ``weights`` (M,)."""
+
+    def __init__(self, n_windows: int, batch_size: int, seed: int = 0, rank: int = 0,
+                 start_step: int = 0, weights: np.ndarray | None = None):
+        if n_windows < 1:
+            raise ValueError("no windows to sample from")
+        self.n_windows, self.batch_size, self.seed, self.rank = n_windows, batch_size, seed, rank
+        self.start_step = start_step
+        self.weights = None if weights is None else torch.as_tensor(weights, dtype=torch.float64)
+        if self.weights is not None and self.weights.shape != (n_windows,):
+            raise ValueError(f"weights have shape {tuple(self.weights.shape)}, expected "
+                             f"({n_windows},)")
+
+    def batch(self, step: int) -> np.ndarray:
+        entropy = np.random.SeedSequence([self.seed, self.rank, step]).generate_state(2)
+        g = torch.Generator().manual_seed(int(entropy[0]) << 32 | int(entropy[1]))
+        if self.weights is None:
+            ids = torch.randint(self.n_windows, (self.batch_size,), generator=g)  # (B,)
+        else:
+            ids = torch.multinomial(self.weights, self.batch_size, replacement=True, generator=g)
+        return ids.numpy()
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        step = self.start_step
+        while True:
+            step += 1
+            yield self.batch(step)
+
 
 def _single_action_key(store: EpisodeStore) -> str:
     keys = store.keys_with_role("action")
@@ -218,10 +270,17 @@ def _episode_flags(store: EpisodeStore, episode_filter: str | np.ndarray | None)
 
 
 def make_loader(dataset: EpisodeDataset, batch_size: int, shuffle: bool = True,
-                num_workers: int = 0, seed: int = 0, drop_last: bool = True) -> DataLoader:
-    """A DataLoader that builds each batch with one ``dataset[ids]`` call."""
-    order = (RandomSampler(dataset, generator=torch.Generator().manual_seed(seed)) if shuffle
-             else SequentialSampler(dataset))
-    return DataLoader(dataset, sampler=BatchSampler(order, batch_size, drop_last),
+                num_workers: int = 0, seed: int = 0, drop_last: bool = True,
+                batches: Sampler | None = None) -> DataLoader:
+    """A DataLoader that builds each batch with one ``dataset[ids]`` call: epochs in seeded
+    random (or sequential) order, or the id arrays of ``batches`` (a :class:`StepBatchSampler`;
+    then ``batch_size``, ``shuffle``, ``seed`` and ``drop_last`` are its business)."""
+    if batches is None:
+        order = (RandomSampler(dataset, generator=torch.Generator().manual_seed(seed)) if shuffle
+                 else SequentialSampler(dataset))
+        batches = BatchSampler(order, batch_size, drop_last)
+    # Its own generator: a DataLoader iterator otherwise draws its worker seed from torch's
+    # global random stream, which would shift a resumed run's training noise.
+    return DataLoader(dataset, sampler=batches, generator=torch.Generator().manual_seed(seed),
                       batch_size=None, num_workers=num_workers,
                       persistent_workers=num_workers > 0, pin_memory=torch.cuda.is_available())

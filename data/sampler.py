@@ -50,6 +50,10 @@ class SequenceSampler:
         return np.clip(steps, self.episode_start[windows, None],
                        self.episode_end[windows, None] - 1)
 
+    def steps_at(self, offset: int) -> np.ndarray:
+        """The global step at ``offset`` within every window (M,), clamped like :meth:`steps`."""
+        return np.clip(self.window_start + offset, self.episode_start, self.episode_end - 1)
+
 
 def split_episodes(n_episodes: int, val_ratio: float, seed: int,
                    allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:

@@ -23,6 +23,7 @@ def add_parser(subparsers) -> None:
     c.add_argument("--episodes", type=int, default=100)
     c.add_argument("--out", required=True, help="new store directory")
     c.add_argument("--images", action="store_true", help="record camera observations")
+    c.add_argument("--image-size", type=int, help="square camera images (default: the task's)")
     c.add_argument("--seed", type=int, default=0, help="episode i uses seed + i")
     c.add_argument("--n-envs", type=int, default=1, help="parallel subprocess envs")
     c.add_argument("--action-noise", type=float, default=0.0, help="Gaussian std, action units")
@@ -55,7 +56,8 @@ def run_collect(args: argparse.Namespace) -> int:
                       n_envs=args.n_envs, action_noise=args.action_noise,
                       timing_jitter=args.timing_jitter, keep_failures=args.keep_failures,
                       zarr_format=args.zarr_format, overwrite=args.overwrite,
-                      progress=sys.stderr.isatty())
+                      progress=sys.stderr.isatty(),
+                      **({"image_size": args.image_size} if args.image_size else {}))
     low, high = summary["success_ci95"]
     print(f"stored {summary['stored_episodes']} episodes ({summary['stored_steps']} steps) "
           f"in {out}")

@@ -132,6 +132,10 @@ class ActionModel(nn.Module):
     def compute_loss(self, batch: dict, reduction: str = "mean"):
         raise NotImplementedError
 
+    def forward(self, batch: dict, reduction: str = "mean"):
+        """The BC loss: calling the module is what DistributedDataParallel hooks into."""
+        return self.compute_loss(batch, reduction)
+
     def sample(self, cond: torch.Tensor, noise: torch.Tensor | None = None,
                steps: int | None = None) -> torch.Tensor:
         raise NotImplementedError

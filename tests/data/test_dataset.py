@@ -134,3 +134,43 @@ def test_chunk_cache_falls_back_to_zarr_for_other_encodings(tmp_path, layout):
     assert cache._decode is None  # not a plain encoding: zarr decodes it
     steps = np.array([49, 0, 13, 13, 27])
     np.testing.assert_array_equal(cache.take(steps), values[steps])
+
+
+def test_step_batches_depend_only_on_seed_rank_and_step():
+    from robopolicy.data.dataset import StepBatchSampler
+
+    straight = StepBatchSampler(1000, 32, seed=3)
+    resumed = StepBatchSampler(1000, 32, seed=3, start_step=5)
+    first = [b for b, _ in zip(straight, range(8), strict=False)]
+    later = [b for b, _ in zip(resumed, range(3), strict=False)]
+    for a, b in zip(first[5:], later, strict=True):  # a resumed run draws the same batches
+        np.testing.assert_array_equal(a, b)
+    other_rank = StepBatchSampler(1000, 32, seed=3, rank=1).batch(1)
+    assert not np.array_equal(other_rank, first[0]) and first[0].shape == (32,)
+    assert min(b.min() for b in first) >= 0 and max(b.max() for b in first) < 1000
+
+
+def test_intervention_windows_are_sampled_by_weight(tmp_path):
+    from robopolicy.data.dataset import StepBatchSampler
+
+    path = tmp_path / "dagger.zarr"
+    flags = np.zeros(200, bool)
+    flags[50:70] = True  # the operator took over for 20 steps of the first episode
+    with EpisodeStore.create(path, fps=10, roles={"intervention": "other"}) as store:
+        store.add_episodes({"pos": np.zeros((200, 2), np.float32),
+                            "action": np.zeros((200, 3), np.float32), "intervention": flags},
+                           lengths=[100, 100])
+    ds = EpisodeDataset(path, horizon=8, n_obs_steps=2, n_action_steps=4, split="all")
+    weights = ds.window_weights("intervention", 9.0)
+    current = ds.sampler.steps(np.arange(len(ds)))[:, 1]  # each window's last observed step
+    np.testing.assert_array_equal(weights, np.where(flags[current], 9.0, 1.0))
+    assert (weights == 9.0).sum() == 20
+    # 20 flagged of len(ds) windows at weight 9: expected share 180 / (180 + len(ds) - 20)
+    sampler = StepBatchSampler(len(ds), 512, weights=weights)
+    drawn = np.concatenate([sampler.batch(s) for s in range(40)])
+    share = flags[current[drawn]].mean()
+    assert abs(share - 180 / (180 + len(ds) - 20)) < 0.03
+    with pytest.raises(StoreError, match="no data key 'missing'"):
+        ds.window_weights("missing", 2.0)
+    with pytest.raises(StoreError, match="must be a boolean flag per step"):
+        ds.window_weights("pos", 2.0)
