@@ -4,6 +4,7 @@
 - :class:`SequenceSampler` cuts padded windows of ``horizon`` steps from episodes.
 - :func:`compute_stats` and :class:`Normalizer` scale observations and actions.
 - :class:`EpisodeDataset` serves windows to a torch DataLoader (:func:`make_loader`).
+- :func:`merge_stores` merges stores of one task into a new one (e.g. demos + corrections).
 
 Names load on first use, so ``import robopolicy.data.store`` (and the CLI) does not pull in torch.
 """
@@ -13,7 +14,7 @@ import importlib
 _EXPORTS = {
     "EpisodeStore": "store", "EpisodeWriter": "store", "SequenceSampler": "sampler",
     "split_episodes": "sampler", "compute_stats": "stats", "Normalizer": "normalizer",
-    "EpisodeDataset": "dataset", "make_loader": "dataset",
+    "EpisodeDataset": "dataset", "make_loader": "dataset", "merge_stores": "merge",
 }
 __all__ = sorted(_EXPORTS)
 

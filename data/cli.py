@@ -4,6 +4,7 @@
     robopolicy data validate PATH
     robopolicy data convert SRC DST [--zarr-format {2,3}]
     robopolicy data repair PATH
+    robopolicy data merge OUT SRC [SRC ...] [--overwrite]
 
 Heavy imports (zarr, numpy, h5py) happen inside the run functions so ``--help`` stays fast.
 """
@@ -23,8 +24,9 @@ SHOW_VALUES = 6  # per-feature values printed per statistic before eliding the r
 
 def add_parser(subparsers) -> None:
     """Register ``data`` and its sub-commands on the top-level parser."""
-    p = subparsers.add_parser("data", help="inspect, validate, convert and repair stores",
-                              description="Inspect, validate, convert and repair episode stores.")
+    p = subparsers.add_parser("data", help="inspect, validate, convert, repair and merge stores",
+                              description="Inspect, validate, convert, repair and merge episode "
+                                          "stores.")
     sub = p.add_subparsers(dest="data_command", required=True, metavar="COMMAND")
 
     info = sub.add_parser("info", help="summary of a store: episodes, keys, codecs, statistics")
@@ -47,6 +49,19 @@ def add_parser(subparsers) -> None:
     repair = sub.add_parser("repair", help="trim the uncommitted tail an interrupted write left")
     repair.add_argument("path", help="store directory")
     repair.set_defaults(run=run_repair)
+
+    merge = sub.add_parser("merge", help="merge stores of one task into a new store",
+                           description="Merge stores of one task and control rate into a new "
+                                       "store, in order (e.g. scripted demos + teleop "
+                                       "corrections). Keys of role 'other' that only some "
+                                       "sources have are filled (timestamp: step / fps, "
+                                       "intervention: false, others: zeros).")
+    merge.add_argument("out", help="new store directory")
+    merge.add_argument("sources", nargs="+", metavar="SRC",
+                       help="store directory or .zarr.zip to merge, in order")
+    merge.add_argument("--overwrite", action="store_true",
+                       help="replace OUT if it is an existing store (once the merge succeeded)")
+    merge.set_defaults(run=run_merge)
 
 
 # --------------------------------------------------------------------------- info
@@ -226,3 +241,22 @@ def run_repair(args: argparse.Namespace) -> int:
     for line in problems:  # what trimming cannot fix (NaN, truncated arrays, bad attrs)
         print(line)
     return 1 if problems else 0
+
+
+# --------------------------------------------------------------------------- merge
+def format_merge(summary: dict[str, Any]) -> str:
+    """The one-line text form of :func:`~robopolicy.data.merge.merge_stores`' summary."""
+    parts = ", ".join(f"{s['path']} {s['episodes']} episodes / {s['steps']} steps"
+                      for s in summary["sources"])
+    filled = "; ".join(f"{', '.join(keys)} in {src}" for src, keys in summary["filled"].items())
+    return (f"merged {summary['out']}: {parts}; total {summary['n_episodes']} episodes / "
+            f"{summary['n_steps']} steps; filled: {filled or 'none'}")
+
+
+def run_merge(args: argparse.Namespace) -> int:
+    from robopolicy.data.merge import merge_stores
+
+    summary = merge_stores(args.sources, args.out, overwrite=args.overwrite,
+                           progress=sys.stderr.isatty())
+    print(format_merge(summary))
+    return 0

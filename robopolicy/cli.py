@@ -18,6 +18,7 @@ VERBS = {
     "sim": "robopolicy.sim.cli",
     "train": "robopolicy.train",
     "eval": "robopolicy.evaluate_cli",
+    "teleop": "robopolicy.teleop.cli",
     "bench": "robopolicy.bench",
     "quickstart": "robopolicy.quickstart",
 }

@@ -231,7 +231,9 @@ def _train(cfg: TrainConfig, proc: distributed.Process, progress: bool) -> dict:
         torch.manual_seed(cfg.seed + proc.rank)  # different training noise per process
     train_loader, val_loader = _loaders(cfg, model.config, proc, trainer.step)
     log = MetricsLog(out, trainer.rows, cfg.tensorboard) if proc.is_main else None
-    start, batches = time.perf_counter(), iter(train_loader)
+    # seconds of training so far: a resumed run continues the clock of the one it resumes
+    start = time.perf_counter() - (trainer.rows[-1]["seconds"] if trainer.rows else 0.0)
+    batches = iter(train_loader)
     bar = tqdm(range(trainer.step + 1, cfg.steps + 1), desc=f"train {cfg.family}",
                disable=not progress, initial=trainer.step, total=cfg.steps)
     for step in bar:

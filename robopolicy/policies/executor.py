@@ -36,7 +36,19 @@ class ChunkExecutor:
         self.left[mask] = 0
         self.model.reset_state(self.state, mask)
 
-    def _remember(self, obs: dict[str, np.ndarray]) -> None:
+    def replan(self, mask: np.ndarray | None = None) -> None:
+        """Drop the queued actions (of the envs in ``mask``, default all) but keep the
+        observation history: the next :meth:`act` plans a new chunk from the current
+        observation, e.g. when a human operator hands control back to the model."""
+        mask = np.ones(self.n_envs, bool) if mask is None else np.asarray(mask, bool)
+        self.left[mask] = 0
+        # streaming diffusion's buffer is a queue of partly denoised future actions, planned
+        # from the old observations too: restart it as well
+        self.model.reset_state(self.state, mask)
+
+    def observe(self, obs: dict[str, np.ndarray]) -> None:
+        """Add observations of N envs to their history without acting (what :meth:`act` does
+        first; on its own while someone else drives, e.g. a human operator)."""
         for key in self.model.obs_encoder_keys:
             x = np.asarray(obs[key])  # (N, ...)
             h = self.history.get(key)
@@ -51,7 +63,7 @@ class ChunkExecutor:
 
     def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
         """Observations of N envs -> their next actions (N, Da), raw units."""
-        self._remember(obs)
+        self.observe(obs)
         need = self.left == 0
         if need.any():
             batch = {k: torch.as_tensor(h[need], device=self.device)
