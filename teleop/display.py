@@ -45,11 +45,17 @@ class StatusLine:
         self._last = -np.inf
         self._shown = False
 
-    def show(self, status: Status, obs, env) -> None:
+    def _due(self) -> bool:
+        """Whether ``every_s`` has passed since the last frame shown (and, if so, start anew)."""
         now = time.monotonic()
         if now - self._last < self.every_s:
-            return
+            return False
         self._last = now
+        return True
+
+    def show(self, status: Status, obs, env) -> None:
+        if not self._due():
+            return
         self.stream.write("\r" + status.line() + "\x1b[K")  # \x1b[K clears what a longer line left
         self.stream.flush()
         self._shown = True
@@ -74,10 +80,8 @@ class CameraWindow(StatusLine):
         self.cv2 = cv2
 
     def show(self, status: Status, obs, env) -> None:
-        now = time.monotonic()
-        if now - self._last < self.every_s:
+        if not self._due():
             return
-        self._last = now
         images = [k for k, v in obs.items() if np.asarray(v).dtype == np.uint8]
         frame = np.asarray(obs[images[0]]) if images else env.render()
         frame = self.cv2.resize(frame[..., ::-1], (512, 512),  # RGB -> BGR, bigger to read
