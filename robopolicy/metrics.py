@@ -15,10 +15,11 @@ FIELDS = ["step", "loss", "lr", "val_loss", "success_rate", "seconds"]
 
 class MetricsLog:
     """Rows to CSV and TensorBoard as they come. ``rows`` (a resumed run's earlier rows) are
-    written first, so the files always hold the whole run."""
+    written first, so the files always hold the whole run. The caller keeps the rows; it
+    hands them to :meth:`close` for the plot."""
 
     def __init__(self, out: Path, rows: list[dict] | None = None, tensorboard: bool = True):
-        self.out, self.rows = Path(out), []
+        self.out = Path(out)
         self.out.mkdir(parents=True, exist_ok=True)
         self._file = open(self.out / "metrics.csv", "w", newline="")  # noqa: SIM115 (held open)
         self._csv = csv.DictWriter(self._file, fieldnames=FIELDS, extrasaction="ignore")
@@ -35,7 +36,6 @@ class MetricsLog:
             self.log(row, tensorboard=False)
 
     def log(self, row: dict, tensorboard: bool = True) -> None:
-        self.rows.append(row)
         self._csv.writerow(row)
         self._file.flush()
         if self._tb is not None and tensorboard:
@@ -43,11 +43,11 @@ class MetricsLog:
                 if name != "step":
                     self._tb.add_scalar(f"train/{name}", value, int(row["step"]))
 
-    def close(self) -> None:
+    def close(self, rows: list[dict]) -> None:
         self._file.close()
         if self._tb is not None:
             self._tb.close()
-        plot_learning_curve(self.rows, self.out / "learning_curve.png")
+        plot_learning_curve(rows, self.out / "learning_curve.png")
 
 
 def plot_learning_curve(rows: list[dict], path: Path) -> None:

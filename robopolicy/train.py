@@ -256,7 +256,7 @@ def _train(cfg: TrainConfig, proc: distributed.Process, progress: bool) -> dict:
                "checkpoint": str(out / "checkpoint"), "config": asdict(cfg)}
     if log is None:
         return summary
-    log.close()
+    log.close(trainer.rows)
     if cfg.eval_task:
         summary["eval"] = evaluate_checkpoint(trainer.ema.module.eval(), cfg.eval_task,
                                               cfg.eval_episodes, cfg.eval_envs, out / "eval",
