@@ -5,7 +5,10 @@
   per sample, the same for its To frames so motion between frames is not faked), scaled to
   [-1, 1] channels-first (the ResNet is trained from scratch, so ImageNet statistics would mean
   nothing, and [-1, 1] works for 1, 3 or 4 channels), and encoded by a GroupNorm ResNet-18,
-  global average pool and a linear layer to `image_feature_dim`.
+  a pooling of its last feature map and a linear layer to `image_feature_dim`. The default
+  pooling is a spatial softmax (as in robomimic and diffusion policy): keypoints that say
+  *where* features are, which is what a manipulation policy needs; a global average pool
+  ("avg") keeps what is present but throws away where.
 - Low-dim keys (already normalized by the caller) are flattened ("identity") or passed through
   a small per-key, per-step MLP ("mlp").
 - The output concatenates, in sorted key order, each key's features flattened over To.
@@ -46,16 +49,59 @@ def random_crop(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return out.permute(0, 3, 1, 2, 4)  # (B, To, h, w, C)
 
 
-class ImageEncoder(nn.Module):
-    """(B, To, H, W, C) uint8 -> (B, To, feature_dim): crop, [-1, 1], ResNet-18-GN, pool, linear."""
+class SpatialSoftmax(nn.Module):
+    """(N, C, h, w) -> (N, 2 * n_keypoints): a 1x1 conv to keypoint maps, a softmax over each
+    map, and the expected (x, y) of each in [-1, 1] (Levine et al. 2016; robomimic's pooling)."""
 
-    def __init__(self, in_channels: int, feature_dim: int = 64, crop_ratio: float = 0.9):
+    def __init__(self, in_channels: int, n_keypoints: int = 32):
+        super().__init__()
+        self.keypoints = nn.Conv2d(in_channels, n_keypoints, 1)
+        self.out_dim = 2 * n_keypoints
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        maps = self.keypoints(x)  # (N, K, h, w)
+        h, w = maps.shape[-2:]
+        weights = maps.flatten(2).softmax(-1).view_as(maps)  # (N, K, h, w), sums to 1 per map
+        ys = torch.linspace(-1.0, 1.0, h, device=x.device, dtype=weights.dtype)
+        xs = torch.linspace(-1.0, 1.0, w, device=x.device, dtype=weights.dtype)
+        expected_x = (weights.sum(-2) * xs).sum(-1)  # (N, K)
+        expected_y = (weights.sum(-1) * ys).sum(-1)  # (N, K)
+        return torch.cat([expected_x, expected_y], dim=-1)  # (N, 2K)
+
+
+class GlobalAvgPool(nn.Module):
+    """(N, C, h, w) -> (N, C)."""
+
+    def __init__(self, in_channels: int):
+        super().__init__()
+        self.out_dim = in_channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean(dim=(2, 3))
+
+
+POOLS = {"spatial_softmax": SpatialSoftmax, "avg": GlobalAvgPool}
+
+
+class ImageEncoder(nn.Module):
+    """(B, To, H, W, C) uint8 -> (B, To, feature_dim): crop, [-1, 1], ResNet-18-GN, pool, linear.
+
+    ``resnet_widths`` are the channels of the ResNet's four stages (torchvision's by default;
+    halving them costs a quarter of the compute, which is what makes CPU training bearable).
+    """
+
+    def __init__(self, in_channels: int, feature_dim: int = 64, crop_ratio: float = 0.9,
+                 pool: str = "spatial_softmax",
+                 resnet_widths: tuple[int, ...] = (64, 128, 256, 512)):
         super().__init__()
         if not 0.0 < crop_ratio <= 1.0:
             raise ValueError(f"crop_ratio must be in (0, 1], got {crop_ratio}")
+        if pool not in POOLS:
+            raise ValueError(f"pool must be one of {sorted(POOLS)}, got {pool!r}")
         self.crop_ratio = crop_ratio
-        self.backbone = ResNet18GN(in_channels)
-        self.proj = nn.Linear(self.backbone.out_channels, feature_dim)
+        self.backbone = ResNet18GN(in_channels, tuple(resnet_widths))
+        self.pool = POOLS[pool](self.backbone.out_channels)
+        self.proj = nn.Linear(self.pool.out_dim, feature_dim)
 
     def crop(self, images: torch.Tensor) -> torch.Tensor:
         """Random crop in training mode, centre crop in eval mode: (B, To, h, w, C)."""
@@ -67,7 +113,7 @@ class ImageEncoder(nn.Module):
         x = self.crop(images).flatten(0, 1)  # (B * To, h, w, C)
         x = x.permute(0, 3, 1, 2)  # (B * To, C, h, w)
         x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()  # [0, 1]
-        x = self.backbone(x * 2.0 - 1.0).mean(dim=(2, 3))  # (B * To, 512)
+        x = self.pool(self.backbone(x * 2.0 - 1.0))  # (B * To, pooled)
         return self.proj(x).view(batch, n_steps, -1)  # (B, To, F)
 
 
@@ -87,7 +133,8 @@ class ObsEncoder(nn.Module):
     def __init__(self, shapes: dict[str, tuple[int, ...]], n_obs_steps: int,
                  image_keys: list[str] | None = None, crop_ratio: float = 0.9,
                  lowdim: str = "identity", image_feature_dim: int = 64,
-                 share_camera_encoder: bool = False):
+                 share_camera_encoder: bool = False, pool: str = "spatial_softmax",
+                 resnet_widths: tuple[int, ...] = (64, 128, 256, 512)):
         super().__init__()
         if lowdim not in ("identity", "mlp"):
             raise ValueError(f"lowdim must be 'identity' or 'mlp', got {lowdim!r}")
@@ -101,7 +148,7 @@ class ObsEncoder(nn.Module):
         # ModuleLists indexed through dicts: observation keys may contain "." (not a module name)
         n_cams = 1 if share_camera_encoder and self.image_keys else len(self.image_keys)
         self.image_encoders = nn.ModuleList(
-            ImageEncoder(self.shapes[k][-1], image_feature_dim, crop_ratio)
+            ImageEncoder(self.shapes[k][-1], image_feature_dim, crop_ratio, pool, resnet_widths)
             for k in self.image_keys[:n_cams])
         self._image_index = {k: 0 if share_camera_encoder else i
                              for i, k in enumerate(self.image_keys)}

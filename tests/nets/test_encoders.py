@@ -5,7 +5,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from robopolicy.nets.encoders import ObsEncoder, random_crop
+from robopolicy.nets.encoders import GlobalAvgPool, ObsEncoder, SpatialSoftmax, random_crop
 from robopolicy.nets.resnet import ResNet18GN
 
 B, TO = 3, 2
@@ -69,11 +69,12 @@ def test_random_crop_takes_one_window_per_sample():
 
 def test_train_crops_differ_per_sample_and_call_eval_is_deterministic():
     torch.manual_seed(0)
-    enc = ObsEncoder({"cam": (24, 24, 3)}, TO, image_feature_dim=8)
+    # 64 px: the crop leaves a 2x2 last feature map, so the keypoints can move with the crop
+    enc = ObsEncoder({"cam": (64, 64, 3)}, TO, image_feature_dim=8)
     cam = enc.image_encoders[0]
-    x = images(batch=6, same=True)  # six copies of one window
+    x = images(64, 64, batch=6, same=True)  # six copies of one window
     c1, c2 = cam.crop(x), cam.crop(x)
-    assert c1.shape == (6, TO, 22, 22, 3)  # round(0.9 * 24)
+    assert c1.shape == (6, TO, 58, 58, 3)  # round(0.9 * 64)
     assert len({c.numpy().tobytes() for c in c1}) > 1  # samples get different crops
     assert not torch.equal(c1, c2)  # and a new crop each call
     out = enc({"cam": x})
@@ -126,3 +127,30 @@ def test_gradients_reach_the_image_encoder():
     out = enc({"cam": images(), "pos": torch.randn(B, TO, 3)})
     out.square().mean().backward()
     assert all(p.grad is not None for p in enc.parameters())
+
+
+def test_spatial_softmax_finds_where_a_feature_is():
+    pool = SpatialSoftmax(in_channels=1, n_keypoints=1)
+    with torch.no_grad():  # the keypoint map is the input itself, sharpened
+        pool.keypoints.weight.fill_(50.0)
+        pool.keypoints.bias.zero_()
+    x = torch.zeros(2, 1, 5, 9)
+    x[0, 0, 0, 8] = 1.0  # top right
+    x[1, 0, 4, 0] = 1.0  # bottom left
+    out = pool(x)  # (N, 2): expected x then expected y, in [-1, 1]
+    torch.testing.assert_close(out, torch.tensor([[1.0, -1.0], [-1.0, 1.0]]), atol=1e-6, rtol=0)
+    # an average pool of the same two inputs cannot tell them apart
+    torch.testing.assert_close(GlobalAvgPool(1)(x)[0], GlobalAvgPool(1)(x)[1])
+
+
+def test_pool_and_resnet_widths_options():
+    shapes = {"cam": (24, 24, 3)}
+    full = ObsEncoder(shapes, TO, image_feature_dim=8, pool="avg")
+    narrow = ObsEncoder(shapes, TO, image_feature_dim=8, resnet_widths=(32, 64, 128, 256))
+    n_full = sum(p.numel() for p in full.image_encoders[0].backbone.parameters())
+    n_narrow = sum(p.numel() for p in narrow.image_encoders[0].backbone.parameters())
+    assert n_full == 11_176_512 and 3.9 < n_full / n_narrow < 4.1  # ~4x fewer weights
+    assert isinstance(narrow.image_encoders[0].pool, SpatialSoftmax)
+    assert narrow.eval()({"cam": images()}).shape == (B, TO * 8)
+    with pytest.raises(ValueError, match="pool"):
+        ObsEncoder(shapes, TO, pool="max")
