@@ -19,7 +19,7 @@ import math
 import torch
 from torch import nn
 
-from robopolicy.nets.resnet import ResNet18GN
+from robopolicy.nets.resnet import RESNET18_WIDTHS, ResNet18GN
 
 LOWDIM_MLP_DIM = 64  # per-step feature size of a low-dim key with lowdim="mlp"
 
@@ -92,7 +92,7 @@ class ImageEncoder(nn.Module):
 
     def __init__(self, in_channels: int, feature_dim: int = 64, crop_ratio: float = 0.9,
                  pool: str = "spatial_softmax",
-                 resnet_widths: tuple[int, ...] = (64, 128, 256, 512)):
+                 resnet_widths: tuple[int, ...] = RESNET18_WIDTHS):
         super().__init__()
         if not 0.0 < crop_ratio <= 1.0:
             raise ValueError(f"crop_ratio must be in (0, 1], got {crop_ratio}")
@@ -134,7 +134,7 @@ class ObsEncoder(nn.Module):
                  image_keys: list[str] | None = None, crop_ratio: float = 0.9,
                  lowdim: str = "identity", image_feature_dim: int = 64,
                  share_camera_encoder: bool = False, pool: str = "spatial_softmax",
-                 resnet_widths: tuple[int, ...] = (64, 128, 256, 512)):
+                 resnet_widths: tuple[int, ...] = RESNET18_WIDTHS):
         super().__init__()
         if lowdim not in ("identity", "mlp"):
             raise ValueError(f"lowdim must be 'identity' or 'mlp', got {lowdim!r}")

@@ -35,12 +35,15 @@ class BasicBlock(nn.Module):
         return self.act(out + self.shortcut(x))
 
 
+RESNET18_WIDTHS = (64, 128, 256, 512)  # channels of the four stages, as torchvision's
+
+
 class ResNet18GN(nn.Module):
     """ResNet-18 trunk, GroupNorm: (N, C_in, H, W) -> (N, 512, ~H/32, ~W/32)."""
 
     out_channels = 512
 
-    def __init__(self, in_channels: int = 3, widths: tuple[int, ...] = (64, 128, 256, 512)):
+    def __init__(self, in_channels: int = 3, widths: tuple[int, ...] = RESNET18_WIDTHS):
         super().__init__()
         self.stem = nn.Sequential(
             nn.Conv2d(in_channels, widths[0], 7, 2, 3, bias=False),
