@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ import numcodecs
 import numpy as np
 import zarr
 from zarr.codecs import BloscCodec
+from zarr.core.sync import collect_aiterator
 
 from robopolicy.errors import StoreError
 
@@ -104,6 +104,31 @@ def split_committed(raw_ends: np.ndarray) -> tuple[np.ndarray, bool]:
     if ends.ndim != 1 or n == len(ends):
         return ends, False
     return ends[:n], True
+
+
+def open_members(path: Path, group: zarr.Group) -> tuple[dict[str, Any], dict[str, str]]:
+    """The children of ``group`` zarr can open (name -> array or group), and one problem line
+    (naming the store, the key and zarr's reason, e.g. an unknown dtype) for each child it
+    cannot open. Children are opened one at a time: zarr's own listing opens them together,
+    raises the first failure and leaves the others' unretrieved, which asyncio reports as
+    tracebacks at exit."""
+    if group.metadata.consolidated_metadata is not None:  # parsed, so checked, on opening
+        return dict(group.members()), {}
+    skip = ("zarr.json",) if group.metadata.zarr_format == 3 else (".zattrs", ".zgroup",
+                                                                    ".zarray", ".zmetadata")
+    names = sorted(n for n in collect_aiterator(group.store.list_dir(group.path))
+                   if n not in skip)
+    members, problems = {}, {}
+    for name in names:
+        try:
+            members[name] = group[name]
+        except KeyError:  # not a zarr node: a stray file, e.g. the '*.partial' a killed writer
+            continue
+        except Exception as exc:  # noqa: BLE001 (zarr raises ValueError, TypeError, ... here)
+            where = "/".join(p for p in (group.path, name) if p)
+            problems[name] = (f"{path}: {where} cannot be read: {str(exc).splitlines()[0]} "
+                              "(corrupt metadata, or written by a newer zarr)")
+    return members, problems
 
 
 class _WriterLock:
@@ -251,11 +276,15 @@ class EpisodeStore:
 
     # ----------------------------------------------------------------- layout
     def _load_layout(self) -> None:
+        groups = self._members(self.root)
         for group in ("data", "meta"):
-            if group not in self.root or not isinstance(self.root[group], zarr.Group):
+            if not isinstance(groups.get(group), zarr.Group):
                 raise StoreError(f"{self.path}: missing group '{group}' (not an episode store)")
-        self._data, self._meta = self.root["data"], self.root["meta"]
-        if "episode_ends" not in self._meta:
+        self._data, self._meta = groups["data"], groups["meta"]
+        # Opening every array now makes an unreadable one fail here, in one line naming it,
+        # rather than in whichever reader touches it first.
+        self._list(self._data)
+        if "episode_ends" not in self._list(self._meta):
             raise StoreError(f"{self.path}: missing meta/episode_ends (not an episode store)")
         self.info = dict(self.root.attrs.get(ATTR) or {})
         version = self.info.get("schema_version")
@@ -274,12 +303,15 @@ class EpisodeStore:
                 raise StoreError(f"{self.path}: data/{key} has {self._data[key].shape[0]} steps "
                                  f"but episode_ends ends at {end} (truncated array)")
 
+    def _members(self, group: zarr.Group) -> dict[str, Any]:
+        members, problems = open_members(self.path, group)
+        if problems:
+            raise StoreError(next(iter(problems.values())))
+        return members
+
     def _list(self, group: zarr.Group) -> list[str]:
-        # A crashed writer can leave '*.partial' files that zarr warns about when listing;
-        # they are not arrays and the next writer deletes them.
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return sorted(group.array_keys())
+        """Names of the arrays in ``group``; a StoreError naming the first unreadable one."""
+        return sorted(k for k, v in self._members(group).items() if isinstance(v, zarr.Array))
 
     # ----------------------------------------------------------------- reading
     @property

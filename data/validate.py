@@ -9,7 +9,6 @@ one, the fix.
 from __future__ import annotations
 
 import os
-import warnings
 import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,6 +24,7 @@ from robopolicy.data.store import (
     ROLES,
     SUPPORTED_SCHEMA_VERSIONS,
     episode_ends_problems,
+    open_members,
     split_committed,
 )
 
@@ -44,11 +44,13 @@ def open_raw(path: Path) -> Iterator[zarr.Group]:
         yield zarr.open_group(str(path), mode="r")
 
 
-def _members(group: zarr.Group) -> dict[str, object]:
-    # A killed writer can leave '*.partial' files that zarr warns about when listing.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return dict(group.members())
+def _members(path: Path, group: zarr.Group,
+             problems: list[str]) -> tuple[dict[str, object], set[str]]:
+    """The children of ``group`` zarr can open and the names of those it cannot, each of which
+    gets a line in ``problems``."""
+    members, unreadable = open_members(path, group)
+    problems += unreadable.values()
+    return members, set(unreadable)
 
 
 def validate_store(path: str | os.PathLike, progress: bool = False) -> list[str]:
@@ -69,23 +71,25 @@ def validate_store(path: str | os.PathLike, progress: bool = False) -> list[str]
 def _check_root(path: Path, root: zarr.Group, progress: bool) -> list[str]:
     """All checks on an opened root group."""
     problems: list[str] = []
-    members = _members(root)
+    members, unreadable = _members(path, root, problems)
     groups = {}
     for name in ("data", "meta"):
-        if not isinstance(members.get(name), zarr.Group):
+        if isinstance(members.get(name), zarr.Group):
+            groups[name] = _members(path, members[name], problems)
+        elif name not in unreadable:  # an unreadable one is reported already
             problems.append(f"{path}: missing group '{name}' (not an episode store in the "
                             "diffusion-policy layout: data/<key> arrays and meta/episode_ends)")
-        else:
-            groups[name] = _members(members[name])
-    data = {k: v for k, v in groups.get("data", {}).items() if isinstance(v, zarr.Array)}
+    data_members, bad_data = groups.get("data", ({}, set()))
+    data = {k: v for k, v in data_members.items() if isinstance(v, zarr.Array)}
     problems += [f"{path}: data/{k} is a group; data/ must hold only arrays"
-                 for k, v in groups.get("data", {}).items() if not isinstance(v, zarr.Array)]
-    problems += _check_attrs(path, root, data if "data" in groups else None)
+                 for k, v in data_members.items() if not isinstance(v, zarr.Array)]
+    problems += _check_attrs(path, root, data if "data" in groups else None, bad_data)
     if "meta" not in groups:
         return problems
-    meta = groups["meta"]
+    meta, bad_meta = groups["meta"]
     if not isinstance(meta.get("episode_ends"), zarr.Array):
-        problems.append(f"{path}: missing meta/episode_ends (the per-episode end steps)")
+        if "episode_ends" not in bad_meta:
+            problems.append(f"{path}: missing meta/episode_ends (the per-episode end steps)")
         return problems
     ends, ends_problems = _check_ends(path, meta["episode_ends"])
     problems += ends_problems
@@ -187,8 +191,10 @@ def _first_nonfinite(arr: zarr.Array, n: int, progress: bool) -> int | None:
     return None
 
 
-def _check_attrs(path: Path, root: zarr.Group, data: dict[str, zarr.Array] | None) -> list[str]:
-    """The robopolicy root attribute: schema version, fps and key roles."""
+def _check_attrs(path: Path, root: zarr.Group, data: dict[str, zarr.Array] | None,
+                 unreadable: set[str]) -> list[str]:
+    """The robopolicy root attribute: schema version, fps and key roles (``unreadable``: data
+    keys that exist but zarr cannot open, reported already)."""
     info = root.attrs.get(ATTR)
     if info is None:  # a plain diffusion-policy store: nothing declared, defaults apply
         return []
@@ -213,7 +219,7 @@ def _check_attrs(path: Path, root: zarr.Group, data: dict[str, zarr.Array] | Non
             problems.append(f"{path}: attrs['{ATTR}']['roles'] gives data/{key} the role "
                             f"{role!r}; expected one of {', '.join(ROLES)}")
         # A new store may declare roles before its first episode creates the arrays.
-        if data and key not in data:
+        if data and key not in data and key not in unreadable:
             problems.append(f"{path}: attrs['{ATTR}']['roles'] names data/{key}, which does not "
                             f"exist (keys: {', '.join(sorted(data))})")
     return problems

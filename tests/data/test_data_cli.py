@@ -30,7 +30,9 @@ def test_help_lists_data(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["--help"])
     assert exit_info.value.code == 0
-    assert "data" in capsys.readouterr().out.split("VERB", 1)[1]
+    verbs = capsys.readouterr().out.split("VERB", 1)[1]
+    assert "data" in verbs.split()
+    assert "inspect, validate, convert, repair and merge stores" in " ".join(verbs.split())
 
 
 def test_info_json_fields(capsys):
@@ -115,7 +117,8 @@ def test_convert_end_to_end(tmp_path, capsys):
     assert info["meta"] == {"demo": "int64"}
     assert main(["data", "validate", str(dst)]) == 0
     assert main(["data", "convert", str(src), str(dst)]) == 2  # existing dst refused
-    assert "out.zarr: already exists" in capsys.readouterr().err
+    assert capsys.readouterr().err == (f"robopolicy data: error: {dst}: already exists; choose "
+                                       "a new output path (nothing was overwritten)\n")
 
 
 def test_console_script_errors_in_one_line(tmp_path):
@@ -125,3 +128,66 @@ def test_console_script_errors_in_one_line(tmp_path):
     assert result.returncode == 2
     assert result.stderr == f"robopolicy data: error: {missing}: no such store\n"
     assert "Traceback" not in result.stderr
+
+
+def corrupt_dtype(path: Path, key: str, dtype: object) -> None:
+    """Give data or meta array ``key`` a dtype no zarr knows, in its metadata file on disk."""
+    for name, field in (("zarr.json", "data_type"), (".zarray", "dtype")):
+        meta_file = path / key / name
+        if meta_file.exists():
+            doc = json.loads(meta_file.read_text())
+            doc[field] = dtype
+            meta_file.write_text(json.dumps(doc))
+            return
+    raise AssertionError(f"no array metadata for {key} in {path}")
+
+
+def snapshot(root: Path) -> dict[str, bytes]:
+    """Every file under ``root`` (hidden ones too) and its content."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize(("zarr_format", "bad", "shown"), [
+    (3, "float1024", "'float1024'"),
+    (2, "<f1024", "{'name': '<f1024', 'object_codec_id': None}"),  # zarr's v2 spec
+])
+@pytest.mark.parametrize("command", ["info", "convert"])
+def test_unreadable_dtype_is_one_line(tmp_path, capsys, zarr_format, bad, shown, command):
+    with EpisodeStore.create(tmp_path / "s.zarr", fps=10, zarr_format=zarr_format) as store:
+        for n in (3, 4):
+            store.add_episode({"action": np.ones((n, 2), np.float32),
+                               "state": np.arange(n, dtype=np.float64)}, {"success": n == 4})
+    path = tmp_path / "s.zarr"
+    corrupt_dtype(path, "data/state", bad)
+    before = snapshot(tmp_path)
+    dst = tmp_path / "out.zarr"
+    argv = ["data", "info", str(path)] if command == "info" else \
+        ["data", "convert", str(path), str(dst)]
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err == (f"robopolicy data: error: {path}: data/state cannot be read: No "
+                            f"Zarr data type found that matches {shown} (corrupt metadata, or "
+                            "written by a newer zarr)\n")
+    assert snapshot(tmp_path) == before  # no DST, no temporary directory, source untouched
+    assert not dst.exists()
+
+
+def test_console_script_unreadable_dtypes_in_one_line(tmp_path):
+    """Two bad arrays: the first is named, and the second's failure must not surface as an
+    asyncio traceback when the process exits."""
+    path = make_store(tmp_path / "s.zarr")
+    corrupt_dtype(path, "data/action", "float1024")
+    corrupt_dtype(path, "data/state", {"name": "float1024", "configuration": {}})
+    before = snapshot(tmp_path)
+    dst = tmp_path / "out.zarr"
+    result = subprocess.run([str(ROBOPOLICY), "data", "convert", str(path), str(dst)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert result.stderr == (f"robopolicy data: error: {path}: data/action cannot be read: No "
+                             "Zarr data type found that matches 'float1024' (corrupt metadata, "
+                             "or written by a newer zarr)\n")
+    assert "Traceback" not in result.stderr
+    assert not dst.exists()
+    assert snapshot(tmp_path) == before

@@ -158,10 +158,11 @@ def test_round_trip(tmp_path, zarr_format):
         }
         assert store.fps == 15.0
 
-        # chunking for the access pattern
-        img_chunks, action_chunks = store.array("img").chunks, store.array("action").chunks
-        assert img_chunks[1:] == (84, 84, 3) and 1 <= img_chunks[0] <= 8
-        assert action_chunks[1:] == (7,) and action_chunks[0] >= 1024
+        # chunking for the access pattern: the largest power of two of rows within 128 KiB
+        # for images (84*84*3 B a frame -> 6 fit -> 4) and 1 MiB for low-dim (28 B -> 32768)
+        assert store.array("img").chunks == (4, 84, 84, 3)
+        assert store.array("action").chunks == (32768, 7)
+        assert store.array("ee_vel").chunks == (65536, 3)
 
         with pytest.raises(StoreError, match="opened read-only; open with mode='a' to write"):
             store.add_episode(make_episode(3, 2))
@@ -718,3 +719,24 @@ def test_not_a_store(tmp_path):
         EpisodeStore.open(not_zip)
     assert str(err.value).startswith(f"{not_zip}: not a readable zarr store (")
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(("zarr_format", "meta_file", "field", "bad", "shown"), [
+    (3, "zarr.json", "data_type", "float1024", "'float1024'"),
+    (2, ".zarray", "dtype", "<f1024", "{'name': '<f1024', 'object_codec_id': None}"),
+])
+@pytest.mark.parametrize("key", ["data/ee_vel", "meta/episode_ends"])
+@pytest.mark.parametrize("mode", ["r", "a"])
+def test_unreadable_dtype_names_key_and_dtype(tmp_path, zarr_format, meta_file, field, bad,
+                                             shown, key, mode):
+    path = tmp_path / "s.zarr"
+    build(path, zarr_format, lengths=[4, 6]).close()
+    doc_path = path / key / meta_file
+    doc = json.loads(doc_path.read_text())
+    doc[field] = bad
+    doc_path.write_text(json.dumps(doc))
+    with pytest.raises(StoreError) as err:
+        EpisodeStore.open(path, mode=mode)
+    assert str(err.value) == (f"{path}: {key} cannot be read: No Zarr data type found that "
+                              f"matches {shown} (corrupt metadata, or written by a newer zarr)")
+    assert not (path / LOCK_NAME).exists()

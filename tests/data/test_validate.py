@@ -1,6 +1,7 @@
 """validate_store: a sound store passes; each kind of damage, built with raw zarr, is reported
 in one line naming the key and, where there is one, the fix."""
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -80,8 +81,9 @@ def test_missing_group(tmp_path, group):
     root.create_group(other)
     if other == "meta":
         root.create_array("meta/episode_ends", data=np.array([3], dtype=np.int64))
-    problems = validate_store(tmp_path / "g.zarr")
-    assert any(f"missing group '{group}'" in p for p in problems), problems
+    assert validate_store(tmp_path / "g.zarr") == [
+        f"{tmp_path / 'g.zarr'}: missing group '{group}' (not an episode store in the "
+        "diffusion-policy layout: data/<key> arrays and meta/episode_ends)"]
 
 
 def test_missing_episode_ends(tmp_path):
@@ -147,6 +149,35 @@ def test_nan_in_float_data_names_key_and_step(tmp_path):
     assert "data/action has NaN or Inf at step 7 (episode 1, its step 2)" in msg
 
 
+def _set_dtype(path: Path, key: str, dtype: str) -> None:
+    """Write a dtype no zarr knows into array ``key``'s zarr.json."""
+    meta_file = path / key / "zarr.json"
+    doc = json.loads(meta_file.read_text())
+    doc["data_type"] = dtype
+    meta_file.write_text(json.dumps(doc))
+
+
+def test_unreadable_dtype_is_named_and_the_rest_still_checked(tmp_path):
+    path = make_store(tmp_path / "s.zarr")
+    raw(path)["data/action"][7, 1] = np.nan
+    _set_dtype(path, "data/state", "float1024")
+    # state keeps its declared role: no "roles name a missing key" line for an unreadable one
+    assert validate_store(path) == [
+        f"{path}: data/state cannot be read: No Zarr data type found that matches "
+        "'float1024' (corrupt metadata, or written by a newer zarr)",
+        f"{path}: data/action has NaN or Inf at step 7 (episode 1, its step 2); fix or drop "
+        "that episode before training",
+    ]
+
+
+def test_unreadable_episode_ends_dtype(tmp_path):
+    path = make_store(tmp_path / "s.zarr")
+    _set_dtype(path, "meta/episode_ends", "int1024")
+    assert validate_store(path) == [
+        f"{path}: meta/episode_ends cannot be read: No Zarr data type found that matches "
+        "'int1024' (corrupt metadata, or written by a newer zarr)"]
+
+
 def test_inf_found_in_a_later_scan_block(tmp_path, monkeypatch):
     # Tiny scan blocks so the bad step lies past the first block read.
     monkeypatch.setattr(validate, "SCAN_BLOCK_BYTES", 1)
@@ -203,6 +234,11 @@ def test_several_problems_are_all_listed(tmp_path):
     root["data/action"][0, 0] = np.nan
     root["data/state"].resize((20, 1))
     root.attrs["robopolicy"] = {**root.attrs["robopolicy"], "schema_version": 7}
-    problems = validate_store(path)
-    assert len(problems) == 3, problems
-    assert all(p.startswith(f"{path}: ") for p in problems)
+    assert validate_store(path) == [
+        f"{path}: attrs['robopolicy']['schema_version'] is 7, which this robopolicy does not "
+        "know (supported: (1,)); upgrade robopolicy",
+        f"{path}: data/state has 20 steps, 4 past the last episode end 16 (uncommitted tail of "
+        f"an interrupted write); run `robopolicy data repair {path}` to trim it",
+        f"{path}: data/action has NaN or Inf at step 0 (episode 0, its step 0); fix or drop "
+        "that episode before training",
+    ]
