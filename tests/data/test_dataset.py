@@ -56,8 +56,10 @@ def test_batch_matches_sampler_steps(store_path):
     torch.testing.assert_close(decode_steps(batch["obs"]["cam"]), steps[:, :2])
     single = ds[3]
     assert single["action"].shape == (8, 3) and single["obs"]["cam"].shape == (2, 12, 16, 3)
-    with pytest.raises(IndexError):
+    with pytest.raises(IndexError, match=rf"^window index out of range \[0, {len(ds)}\)$"):
         ds[np.array([len(ds)])]
+    with pytest.raises(IndexError, match=rf"^window index out of range \[0, {len(ds)}\)$"):
+        ds[np.array([0, -1])]
 
 
 def test_filter_and_split(store_path):
@@ -145,9 +147,15 @@ def test_step_batches_depend_only_on_seed_rank_and_step():
     later = [b for b, _ in zip(resumed, range(3), strict=False)]
     for a, b in zip(first[5:], later, strict=True):  # a resumed run draws the same batches
         np.testing.assert_array_equal(a, b)
+    for step, b in enumerate(first, start=1):  # iteration draws steps 1, 2, ... in turn
+        np.testing.assert_array_equal(b, straight.batch(step))
+    assert len({b.tobytes() for b in first}) == 8  # a new batch every step
     other_rank = StepBatchSampler(1000, 32, seed=3, rank=1).batch(1)
+    other_seed = StepBatchSampler(1000, 32, seed=4).batch(1)
     assert not np.array_equal(other_rank, first[0]) and first[0].shape == (32,)
-    assert min(b.min() for b in first) >= 0 and max(b.max() for b in first) < 1000
+    assert not np.array_equal(other_seed, first[0])
+    drawn = np.concatenate([straight.batch(s) for s in range(200)])  # 6400 uniform draws
+    assert (drawn.min(), drawn.max()) == (0, 999) and len(np.unique(drawn)) > 990
 
 
 def test_intervention_windows_are_sampled_by_weight(tmp_path):

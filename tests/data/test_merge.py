@@ -101,9 +101,12 @@ def test_attrs_roles_meta_and_summary(sources, merged):
                     "source": "teleop:keyboard", "duration_s": 9 / 20, "seed": 8,
                     "merged_from": str(teleop)}
     assert summary["filled"] == {str(sim): ["intervention", "timestamp"]}
-    assert [(s["path"], s["episodes"]) for s in summary["sources"]] == [(str(sim), 3),
-                                                                       (str(teleop), 2)]
-    assert summary["n_steps"] == sum(s["steps"] for s in summary["sources"])
+    with EpisodeStore.open(sim) as a, EpisodeStore.open(out) as m:
+        sim_steps, merged_steps = a.n_steps, m.n_steps
+    assert [(s["path"], s["episodes"], s["steps"]) for s in summary["sources"]] == [
+        (str(sim), 3, sim_steps), (str(teleop), 2, sum(TELEOP_LENGTHS))]
+    assert (summary["n_episodes"], summary["n_steps"]) == (5, merged_steps)
+    assert merged_steps == sim_steps + sum(TELEOP_LENGTHS)
 
 
 def test_merged_store_validates_and_weights_interventions(merged):

@@ -89,7 +89,7 @@ def test_every_parameter_gets_a_gradient(name, per_element):
 
 def test_unet_default_size():
     n = sum(p.numel() for p in ConditionalUnet1D(DA, 64, T).parameters())
-    assert 2e6 <= n <= 5e6, n
+    assert n == 4_647_815, n
 
 
 def test_unet_horizon_must_be_divisible():

@@ -43,8 +43,13 @@ def test_spaces_attributes_and_random_steps(task_env):
         action = rng.uniform(env.action_space.low, env.action_space.high)
         obs, reward, terminated, truncated, info = env.step(action)
         check_obs(env, obs)
-        assert np.isfinite(reward) and isinstance(info["success"], bool)
-        assert set(info["reward_terms"]) and all(np.isfinite(list(info["reward_terms"].values())))
+        terms = info["reward_terms"]
+        assert set(terms) and all(np.isfinite(list(terms.values())))
+        # the scalar reward is the weighted sum of the named terms (weight 1 when unlisted)
+        assert reward == pytest.approx(sum(env.reward_weights.get(k, 1.0) * v
+                                           for k, v in terms.items()))
+        assert type(info["success"]) is bool
+        assert terminated == (info["success"] and env.terminate_on_success)
     with pytest.raises(SimError, match="action has shape"):
         env.step(np.zeros(env.action_space.shape[0] + 1))
     with pytest.raises(SimError, match="NaN"):

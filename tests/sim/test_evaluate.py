@@ -6,6 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
+from robopolicy.sim.core import make_env
 from robopolicy.sim.evaluate import evaluate, wilson_interval
 from robopolicy.sim.rollout import ExpertPolicy
 from robopolicy.sim.vector import VectorEnv
@@ -54,11 +55,17 @@ def test_videos_and_summary_are_written(tmp_path):
         video.release()
         assert ok and frame.shape[2] == 3 and frame.std() > 5
         assert frames == summary["episode_lengths"][i]
-    low, high = summary["success_ci95"]
-    assert low <= summary["success_rate"] <= high
+    assert summary["successes"] == [True] * 6 and summary["success_rate"] == 1.0
+    assert summary["success_ci95"] == pytest.approx([0.6097, 1.0], abs=1e-4)  # Wilson, 6 of 6
 
 
 def test_random_policy_does_worse_than_the_expert():
     random = evaluate(RandomPolicy(1, 3), "reach", n_episodes=6, seed=100, progress=False)
-    assert random["success_rate"] < expert_eval(1)["success_rate"]
-    assert random["n_episodes"] == 6 and len(random["episode_lengths"]) == 6
+    expert, limit = expert_eval(1), make_env("reach").max_episode_steps
+    assert random["success_rate"] < expert["success_rate"]
+    # every random episode fails and so runs to the time limit; the expert's end early
+    assert random["successes"] == [False] * 6
+    assert random["episode_lengths"] == [limit] * 6
+    assert random["success_ci95"] == pytest.approx([0.0, 0.3903], abs=1e-4)  # Wilson, 0 of 6
+    assert max(expert["episode_lengths"]) < limit
+    assert random["mean_return"] < expert["mean_return"]

@@ -99,8 +99,9 @@ def test_keyboard_through_a_pty(pty_pair):
 def test_keyboard_restores_the_terminal_after_an_error(pty_pair):
     master, slave = pty_pair
     before = termios.tcgetattr(slave)
-    with pytest.raises(RuntimeError), KeyboardDevice(fd=slave, backend="terminal"):
-        raise RuntimeError("boom")
+    with (pytest.raises(RuntimeError, match="^boom$"),
+          KeyboardDevice(fd=slave, backend="terminal")):
+        raise RuntimeError("boom")  # the caller's error comes through unchanged
     assert termios.tcgetattr(slave) == before
 
 
