@@ -31,7 +31,7 @@ from torch.utils.data import (
 
 from robopolicy.data.sampler import SequenceSampler, split_episodes
 from robopolicy.data.store import EpisodeStore, is_image
-from robopolicy.errors import StoreError
+from robopolicy.errors import ConfigError, StoreError
 
 # numcodecs decoders for the zarr v3 compressors a plainly encoded chunk may carry
 _V3_DECODERS = {"blosc": numcodecs.Blosc, "zstd": numcodecs.Zstd, "gzip": numcodecs.GZip}
@@ -138,14 +138,12 @@ class EpisodeDataset(Dataset):
                  action_key: str | None = None, split: str = "train", val_ratio: float = 0.0,
                  seed: int = 0, episode_filter: str | np.ndarray | None = None,
                  cache_bytes: int = 256 << 20):
-        if not 1 <= n_obs_steps <= horizon or not 1 <= n_action_steps <= horizon:
-            raise ValueError(f"need 1 <= n_obs_steps, n_action_steps <= horizon; got To="
-                             f"{n_obs_steps}, Ta={n_action_steps}, T={horizon}")
+        check_window(horizon, n_obs_steps, n_action_steps)
         self.path, self.cache_bytes = path, cache_bytes
         self.n_obs_steps = n_obs_steps
         with EpisodeStore.open(path) as store:
             self.obs_keys = list(obs_keys or store.keys_with_role("obs"))
-            self.action_key = action_key or _single_action_key(store)
+            self.action_key = action_key or single_action_key(store)
             for key in [*self.obs_keys, self.action_key]:
                 store.array(key)  # a clear error for a missing key, now rather than in a worker
             self.image_keys = [k for k in self.obs_keys
@@ -249,7 +247,17 @@ class StepBatchSampler(Sampler):
             yield self.batch(step)
 
 
-def _single_action_key(store: EpisodeStore) -> str:
+def check_window(horizon: int, n_obs_steps: int, n_action_steps: int) -> None:
+    """The one rule for a window's lengths: 1 <= To <= T, and the Ta executed actions, which
+    start at the last observed step, fit in the chunk: 1 <= Ta <= T - To + 1."""
+    if not 1 <= n_obs_steps <= horizon:
+        raise ConfigError(f"n_obs_steps={n_obs_steps} must be in [1, horizon={horizon}]")
+    if not 1 <= n_action_steps <= horizon - n_obs_steps + 1:
+        raise ConfigError(f"n_action_steps={n_action_steps} must be in [1, horizon - "
+                          f"n_obs_steps + 1 = {horizon - n_obs_steps + 1}]")
+
+
+def single_action_key(store: EpisodeStore) -> str:
     keys = store.keys_with_role("action")
     if len(keys) != 1:
         raise StoreError(f"{store.path}: expected one data key with role 'action', found "

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,13 +24,18 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 from robopolicy import distributed
-from robopolicy.data.dataset import EpisodeDataset, StepBatchSampler, make_loader
+from robopolicy.config import build_config
+from robopolicy.data.dataset import (
+    EpisodeDataset,
+    StepBatchSampler,
+    make_loader,
+    single_action_key,
+)
 from robopolicy.data.stats import compute_stats
-from robopolicy.data.store import EpisodeStore
+from robopolicy.data.store import EpisodeStore, is_image
 from robopolicy.errors import ConfigError
 from robopolicy.metrics import MetricsLog
 from robopolicy.policies import MODELS, ActionModel
-from robopolicy.policies.base import coerce_floats
 
 STATE_NAME = "trainer_state.pt"
 # Fields that may change when a run is resumed; any other change is a different experiment.
@@ -71,6 +75,9 @@ class TrainConfig:
     eval_every_episodes: int = 10
 
     def __post_init__(self) -> None:
+        for name in ("steps", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.mixed_precision not in ("bf16", "no"):
             raise ConfigError(f"mixed_precision must be 'bf16' or 'no', got "
                               f"{self.mixed_precision!r}")
@@ -90,19 +97,23 @@ def build_model(cfg: TrainConfig, store: EpisodeStore) -> ActionModel:
             raise ConfigError(f"obs_keys: {unknown} are not observation keys of {store.path} "
                               f"(it has {obs_keys})")
         obs_keys = list(cfg.obs_keys)
-    shapes = {k: list(store.array(k).shape[1:]) for k in [*obs_keys, "action"]}
-    images = [k for k in obs_keys if len(shapes[k]) == 3]
-    config = model_cls.config_class.from_dict({"shapes": shapes, "image_keys": images,
-                                               **cfg.model})
+    action_key = single_action_key(store)
+    shapes = {k: list(store.array(k).shape[1:]) for k in [*obs_keys, action_key]}
+    images = [k for k in obs_keys if is_image(store.array(k).shape, store.array(k).dtype)]
+    config = model_cls.config_class.from_dict(
+        {"shapes": shapes, "image_keys": images, "action_key": action_key, **cfg.model},
+        where=f"model ({cfg.family})")
     model = model_cls(config)
     model.fit_normalizer(compute_stats(store, [k for k in shapes if k not in images]))
     return model
 
 
-def _loaders(cfg: TrainConfig, config, proc: distributed.Process, start_step: int) -> tuple:
+def _loaders(cfg: TrainConfig, model: ActionModel, proc: distributed.Process,
+             start_step: int) -> tuple:
+    config = model.config
     window = {"horizon": config.horizon, "n_obs_steps": config.n_obs_steps,
               "n_action_steps": config.n_action_steps, "val_ratio": cfg.val_ratio,
-              "seed": cfg.seed, "obs_keys": [k for k in config.shapes if k != "action"]}
+              "seed": cfg.seed, "obs_keys": model.obs_keys, "action_key": config.action_key}
     train = EpisodeDataset(cfg.data, split="train", **window)
     weights = None
     if cfg.intervention_weight != 1.0:
@@ -184,17 +195,12 @@ class Trainer:
             torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda_rng"]])
 
     def save(self, out: Path) -> None:
-        """Trainer state and the EMA checkpoint, each replaced whole (a crash mid-save keeps
-        the previous ones)."""
+        """Trainer state and the EMA checkpoint, each file written beside and renamed into
+        place: a crash mid-save keeps the previous ones, and the checkpoint is never absent."""
         tmp = out / f"{STATE_NAME}.tmp"
         torch.save(self.state_dict(), tmp)
         os.replace(tmp, out / STATE_NAME)
-        staged = self.ema.module.save_pretrained(out / "checkpoint.tmp")
-        old = out / "checkpoint.old"
-        if (out / "checkpoint").exists():
-            os.replace(out / "checkpoint", old)
-        os.replace(staged, out / "checkpoint")
-        shutil.rmtree(old, ignore_errors=True)
+        self.ema.module.save_pretrained(out / "checkpoint")
 
 
 def load_trainer_state(out: Path, device: torch.device) -> dict | None:
@@ -229,7 +235,7 @@ def _train(cfg: TrainConfig, proc: distributed.Process, progress: bool) -> dict:
         trainer.load_state_dict(state)
     else:
         torch.manual_seed(cfg.seed + proc.rank)  # different training noise per process
-    train_loader, val_loader = _loaders(cfg, model.config, proc, trainer.step)
+    train_loader, val_loader = _loaders(cfg, model, proc, trainer.step)
     log = MetricsLog(out, trainer.rows, cfg.tensorboard) if proc.is_main else None
     # seconds of training so far: a resumed run continues the clock of the one it resumes
     start = time.perf_counter() - (trainer.rows[-1]["seconds"] if trainer.rows else 0.0)
@@ -293,9 +299,9 @@ def evaluate_checkpoint(model: ActionModel, task: str, episodes: int, n_envs: in
     if model.config.image_keys:  # the cameras, at the size the model was trained on
         height = model.config.shapes[model.config.image_keys[0]][0]
         overrides = {"images": True, "image_size": height}
-    return evaluate(ChunkExecutor(model, n_envs, device), task, n_episodes=episodes, seed=seed,
-                    n_envs=n_envs, video_episodes=videos, out_dir=out_dir, progress=progress,
-                    **overrides)
+    policy = ChunkExecutor(model, n_envs, device, source=f"task '{task}'")
+    return evaluate(policy, task, n_episodes=episodes, seed=seed, n_envs=n_envs,
+                    video_episodes=videos, out_dir=out_dir, progress=progress, **overrides)
 
 
 # --------------------------------------------------------------------------- command line
@@ -308,8 +314,12 @@ def load_config(path: str | None, overrides: list[str]) -> TrainConfig:
     if path:
         try:
             values = yaml.safe_load(Path(path).read_text()) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise ConfigError(f"{path}: cannot read config ({exc})") from None
+        except (OSError, yaml.YAMLError) as exc:  # YAML's messages span lines: make it one
+            raise ConfigError(f"{path}: cannot read config ({' '.join(str(exc).split())})"
+                              ) from None
+        if not isinstance(values, dict):
+            raise ConfigError(f"{path}: expected a mapping of training fields, got "
+                              f"{type(values).__name__}")
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep:
@@ -318,14 +328,9 @@ def load_config(path: str | None, overrides: list[str]) -> TrainConfig:
         if key.startswith("model."):
             target, name = values.setdefault("model", {}), key.removeprefix("model.")
         target[name] = yaml.safe_load(raw)
-    known = set(TrainConfig.__dataclass_fields__)
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ConfigError(f"{path or 'overrides'}: unknown key(s) {unknown}; "
-                          f"known: {sorted(known)}")
     if "data" not in values:
         raise ConfigError("no data store given: set data: in the config or pass data=PATH")
-    return TrainConfig(**coerce_floats(TrainConfig, values))
+    return build_config(TrainConfig, values, path or "overrides")
 
 
 def add_parser(subparsers) -> None:

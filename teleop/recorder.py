@@ -68,12 +68,10 @@ class PolicyDriver:
     """A trained action model for one env, through the :class:`ChunkExecutor`."""
 
     def __init__(self, model, env):
-        from robopolicy.policies.executor import ChunkExecutor
+        from robopolicy.policies.executor import ChunkExecutor, check_observation_keys
 
-        missing = [k for k in model.obs_encoder_keys if k not in env.observation_space.spaces]
-        if missing:
-            raise TeleopError(f"the model reads {missing}, which this env does not observe; "
-                              "check --images and --task")
+        spaces = env.observation_space.spaces
+        check_observation_keys(model, {k: s.shape for k, s in spaces.items()}, f"task '{env.task}'")
         if model.action_dim != env.action_space.shape[0]:
             raise TeleopError(f"the model acts in {model.action_dim} dims, the env in "
                               f"{env.action_space.shape[0]}; check --task")

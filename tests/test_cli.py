@@ -10,6 +10,7 @@ import pytest
 
 from robopolicy.cli import VERBS, main
 from robopolicy.data.store import EpisodeStore
+from robopolicy.sim.evaluate import wilson_interval
 
 ROBOPOLICY = [sys.executable, "-m", "robopolicy.cli"]
 
@@ -36,12 +37,16 @@ def test_quickstart_collects_trains_and_evaluates(tmp_path, capsys):
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["task"] == "lift" and summary["model"] == "diffusion"
     assert summary["expert_success_rate"] == 1.0 and summary["n_demos"] == 4
-    assert summary["n_eval_episodes"] == 2 and 0.0 <= summary["success_rate"] <= 1.0
+    evaluation = json.loads((tmp_path / "train" / "eval" / "eval.json").read_text())
+    assert summary["n_eval_episodes"] == len(evaluation["successes"]) == 2
+    assert summary["success_rate"] == np.mean(evaluation["successes"])  # what was measured
+    assert summary["success_ci95"] == list(wilson_interval(sum(evaluation["successes"]), 2))
     assert summary["train_seconds"] > 0 and len(summary["videos"]) == 2
     for path in (summary["learning_curve"], summary["checkpoint"], *summary["videos"]):
         assert Path(path).exists(), path
     with EpisodeStore.open(summary["store"]) as store:
         assert store.n_steps == summary["demo_steps"] and store.fps == 20
+        assert store.n_episodes == summary["n_demos"]
         assert store.meta("seed").tolist() == [3, 4, 5, 6]
         episode = store.get_episode(0)
         cube_z = episode["object"][:, 2]  # object-state starts with the cube position
@@ -69,4 +74,8 @@ def test_models_bench_measures_streaming_against_full_ddim(capsys):
     streaming = lines["models.streaming_per_call"]
     assert streaming["ratio"] == pytest.approx(
         streaming["streaming_ms"] / streaming["ddim_full_ms"], abs=1e-3)
+    overhead = lines["models.sampler_overhead"]  # a median of paired ratios, near the ratio
+    assert overhead["ratio"] == pytest.approx(     # of the medians
+        overhead["decision_ms"] / overhead["raw_forwards_ms"], rel=0.2)
+    assert overhead["steps"] == 10 and overhead["sampler"] == "ddim"
     assert {"models.latency", "models.train_steps_per_s"} <= set(lines)

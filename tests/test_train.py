@@ -64,8 +64,10 @@ def test_config_file_and_overrides(tmp_path):
     cfg = load_config(str(path), ["steps=25", "model.n_action_steps=4", "lr=1e-3"])
     assert (cfg.steps, cfg.lr, cfg.family) == (25, 1e-3, "flow")
     assert cfg.model == {"horizon": 8, "n_action_steps": 4}
-    with pytest.raises(ConfigError, match=r"unknown key\(s\) \['stepz'\]"):
+    with pytest.raises(ConfigError, match=r"c.yaml: unknown config key\(s\) \['stepz'\]"):
         load_config(str(path), ["stepz=3"])
+    with pytest.raises(ConfigError, match='c.yaml: wrong value type for field "steps"'):
+        load_config(str(path), ["steps=abc"])
     with pytest.raises(ConfigError, match="not key=value"):
         load_config(str(path), ["steps"])
     with pytest.raises(ConfigError, match="no data store"):

@@ -15,8 +15,10 @@
 """
 
 import math
+from collections.abc import Sequence
 
 import torch
+from einops import rearrange
 from torch import nn
 
 from robopolicy.nets.resnet import RESNET18_WIDTHS, ResNet18GN
@@ -46,7 +48,7 @@ def random_crop(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     cols = left[:, None] + torch.arange(size[1], device=dev)  # (B, w)
     b = torch.arange(batch, device=dev)[:, None, None]  # (B, 1, 1)
     out = images[b, :, rows[:, :, None], cols[:, None, :]]  # (B, h, w, To, C)
-    return out.permute(0, 3, 1, 2, 4)  # (B, To, h, w, C)
+    return rearrange(out, "b h w to c -> b to h w c")
 
 
 class SpatialSoftmax(nn.Module):
@@ -109,29 +111,24 @@ class ImageEncoder(nn.Module):
         return random_crop(images, size) if self.training else center_crop(images, size)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        batch, n_steps = images.shape[:2]
-        x = self.crop(images).flatten(0, 1)  # (B * To, h, w, C)
-        x = x.permute(0, 3, 1, 2)  # (B * To, C, h, w)
+        batch = images.shape[0]
+        x = rearrange(self.crop(images), "b to h w c -> (b to) c h w")  # frames, channels first
         x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()  # [0, 1]
         x = self.pool(self.backbone(x * 2.0 - 1.0))  # (B * To, pooled)
-        return self.proj(x).view(batch, n_steps, -1)  # (B, To, F)
-
-
-def default_image_keys(shapes: dict[str, tuple[int, ...]]) -> list[str]:
-    """Keys whose per-step shape looks like an image: (H, W, C) with C in (1, 3, 4)."""
-    return [k for k, s in shapes.items() if len(s) == 3 and s[-1] in (1, 3, 4)]
+        return rearrange(self.proj(x), "(b to) f -> b to f", b=batch)
 
 
 class ObsEncoder(nn.Module):
     """Encode {key: (B, To, ...)} -> (B, Dc); `out_dim` (= Dc) is known after construction.
 
     shapes: per-step feature shape of every key the encoder reads, e.g. {"eef_pos": (3,),
-    "agentview_image": (84, 84, 3)}. image_keys: which are images (default: every (H, W, C)
-    shape with C in 1, 3, 4). One ResNet per camera unless share_camera_encoder.
+    "agentview_image": (84, 84, 3)}. image_keys: which of them are cameras, named by the
+    caller (the store decides what is an image: ``robopolicy.data.store.is_image``). One
+    ResNet per camera unless share_camera_encoder.
     """
 
     def __init__(self, shapes: dict[str, tuple[int, ...]], n_obs_steps: int,
-                 image_keys: list[str] | None = None, crop_ratio: float = 0.9,
+                 image_keys: Sequence[str] = (), crop_ratio: float = 0.9,
                  lowdim: str = "identity", image_feature_dim: int = 64,
                  share_camera_encoder: bool = False, pool: str = "spatial_softmax",
                  resnet_widths: tuple[int, ...] = RESNET18_WIDTHS):
@@ -141,7 +138,6 @@ class ObsEncoder(nn.Module):
         self.shapes = {k: tuple(int(d) for d in s) for k, s in shapes.items()}
         self.n_obs_steps = n_obs_steps
         self.keys = sorted(self.shapes)
-        image_keys = default_image_keys(self.shapes) if image_keys is None else list(image_keys)
         self.image_keys = sorted(image_keys)
         self.lowdim = lowdim
         self._check_image_keys(share_camera_encoder)

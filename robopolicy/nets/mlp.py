@@ -5,6 +5,7 @@ A per-sample t (B,) is broadcast to (B, T) first, so both timestep shapes take o
 """
 
 import torch
+from einops import rearrange
 from torch import nn
 
 from robopolicy.nets.embeddings import TimestepEmbedding, timesteps_per_element
@@ -43,7 +44,7 @@ class MLPDenoiser(nn.Module):
         if horizon != self.horizon:
             raise ValueError(f"MLPDenoiser was built for horizon T={self.horizon}, got T={horizon}")
         t = timesteps_per_element(t, batch, horizon).to(x.device)  # (B, T)
-        temb = self.time_emb(t).flatten(1)  # (B, T * E)
-        h = torch.cat([x.flatten(1), temb, cond], dim=-1)  # (B, T * (Da + E) + Dc)
+        temb = rearrange(self.time_emb(t), "b t e -> b (t e)")
+        h = torch.cat([rearrange(x, "b t a -> b (t a)"), temb, cond], dim=-1)  # (B, T(Da+E)+Dc)
         h = self.blocks(self.inp(h))  # (B, H)
-        return self.out(h).view(batch, horizon, self.action_dim)  # (B, T, Da)
+        return rearrange(self.out(h), "b (t a) -> b t a", t=horizon)

@@ -13,6 +13,7 @@ Conditioning vector: c = [timestep embedding (E), cond (Dc)].
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import nn
 
 from robopolicy.nets.embeddings import TimestepEmbedding, is_per_element
@@ -45,9 +46,9 @@ class ConditionalResidualBlock1D(nn.Module):
         out = self.blocks[0](x)  # (B, C, L)
         film = self.film(c)  # (B, 2C) or (B, L, 2C)
         if film.dim() == 2:
-            film = film.unsqueeze(-1)  # (B, 2C, 1)
+            film = rearrange(film, "b c -> b c 1")
         else:
-            film = film.transpose(1, 2)  # (B, 2C, L)
+            film = rearrange(film, "b l c -> b c l")
         scale, bias = film.chunk(2, dim=1)  # (B, C, 1|L) each
         out = self.blocks[1](scale * out + bias)  # (B, C, L)
         return out + self.residual(x)
@@ -109,14 +110,14 @@ class ConditionalUnet1D(nn.Module):
         if c.dim() == 2 or c.shape[1] == length:
             return c
         window = c.shape[1] // length
-        pooled = F.avg_pool1d(c.transpose(1, 2), window)  # (B, D, L)
-        return pooled.transpose(1, 2)  # (B, L, D)
+        pooled = F.avg_pool1d(rearrange(c, "b t d -> b d t"), window)  # (B, D, L)
+        return rearrange(pooled, "b d l -> b l d")
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         """x (B, T, Da), t (B,) or (B, T) in [0, 1000], cond (B, Dc) -> (B, T, Da)."""
         self._check_horizon(x.shape[1])
         c = self._conditioning(t, cond, x.shape[1])  # (B, Dcond) or (B, T, Dcond)
-        h = x.transpose(1, 2)  # (B, Da, T)
+        h = rearrange(x, "b t a -> b a t")  # channels first for Conv1d
         skips = []
         for res1, res2, downsample in self.down:
             ci = self._at_length(c, h.shape[-1])
@@ -130,4 +131,4 @@ class ConditionalUnet1D(nn.Module):
             h = torch.cat([h, skips.pop()], dim=1)  # (B, 2C, L)
             ci = self._at_length(c, h.shape[-1])
             h = upsample(res2(res1(h, ci), ci))  # (B, C', 2L)
-        return self.final(h).transpose(1, 2)  # (B, T, Da)
+        return rearrange(self.final(h), "b a t -> b t a")

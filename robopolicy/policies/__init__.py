@@ -1,17 +1,22 @@
-"""Action models: one protocol (see ``base``), one folder per family, a plain-dict registry.
+"""Action models: one protocol (``protocol``), one file per family, a plain-dict registry.
 
-    diffusion  DDPM training, DDPM or DDIM sampling (diffusers schedulers)
-    flow       conditional flow matching, Euler or midpoint sampling
+    diffusion  DDPM training, DDPM or DDIM sampling (diffusers noise schedules)
+    flow       conditional flow matching, Euler or midpoint ODE, or the marginal-preserving SDE
     streaming  streaming diffusion: noise rising along the buffer, K / h steps per call
+
+Adding a family: one file with its config and model (the chain and the loss, see
+``base.ActionModel``) and one line in ``MODELS``.
 """
 
 from robopolicy.policies.base import ActionModel, ModelConfig, load_model
 from robopolicy.policies.diffusion import DiffusionConfig, DiffusionModel
 from robopolicy.policies.flow import FlowConfig, FlowModel
+from robopolicy.policies.protocol import ActionModelProtocol, Chain
 from robopolicy.policies.streaming import StreamingConfig, StreamingDiffusionModel
 
 MODELS: dict[str, type[ActionModel]] = {"diffusion": DiffusionModel, "flow": FlowModel,
                                         "streaming": StreamingDiffusionModel}
 
-__all__ = ["MODELS", "ActionModel", "DiffusionConfig", "DiffusionModel", "FlowConfig",
-           "FlowModel", "ModelConfig", "StreamingConfig", "StreamingDiffusionModel", "load_model"]
+__all__ = ["MODELS", "ActionModel", "ActionModelProtocol", "Chain", "DiffusionConfig",
+           "DiffusionModel", "FlowConfig", "FlowModel", "ModelConfig", "StreamingConfig",
+           "StreamingDiffusionModel", "load_model"]

@@ -1,55 +1,43 @@
-"""The one protocol every action model keeps, and what the families share.
+"""What the model families share: the config, the sampler loop, chain likelihoods, the BC loss,
+raw-unit actions and checkpoints. The protocol itself is written in ``protocol``.
 
-An action model is a conditional generator of an action chunk (B, T, Da) from an observation
-window (B, To, ...). Training, both RL fine-tuners, evaluation, the inference engine and the
-ROS node talk to a model only through:
-
-- ``encode_obs(obs) -> cond``: the observation encoder, run once per decision;
-- ``compute_loss(batch, reduction) -> (loss, info)``: the BC objective, per sample with
-  ``reduction="none"`` (what FPO's ratio needs);
-- ``sample(cond, noise=None, steps=None) -> naction``: the full sampler, normalized units;
-- ``denoise_step(x, k, cond) -> (mean, std)``: one transition of that sampler (DPPO's chain
-  log-likelihood; what the inference engine unrolls);
-- ``predict_action(obs) -> {"action": (B, Ta, Da), "action_pred": (B, T, Da)}``, raw units;
-  ``init_state(n_envs)`` / ``reset_state(state, mask)`` keep per-environment sampler state
-  (streaming diffusion's buffers), passed back as ``predict_action(obs, state=, env_ids=)``.
-
-The normalizer lives inside the model and is saved with it. A checkpoint is a directory with
-``config.json`` and ``model.safetensors``; :func:`load_model` needs nothing else.
+A family implements the chain (``noise_levels``, ``noised``, ``denoise_step``) and the loss
+(``draw_train_time``, ``loss_terms``); everything else is here, once. The normalizer lives
+inside the model and is saved with it. A checkpoint is a directory with ``config.json`` and
+``model.safetensors``; :func:`load_model` needs nothing else.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import inspect
 import json
 import os
-from dataclasses import dataclass, field
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
+from torch.distributions import Normal
 
-from robopolicy.data.normalizer import MissingStatsError, Normalizer, affine_from_stats
+from robopolicy.config import build_config
+from robopolicy.data.dataset import check_window
+from robopolicy.data.normalizer import MODES, MissingStatsError, Normalizer, affine_from_stats
 from robopolicy.errors import ConfigError
-from robopolicy.nets import make_backbone
-from robopolicy.nets.encoders import ObsEncoder
+from robopolicy.nets import BACKBONES, ObsEncoder, make_backbone
+from robopolicy.policies.protocol import Chain
 
 CONFIG_NAME, WEIGHTS_NAME = "config.json", "model.safetensors"
+RENAMED = {"ddim_eta": "eta"}  # old config field -> new (checkpoints of earlier versions)
+# constructor arguments the model fills in itself; the rest may come from *_kwargs
+BACKBONE_ARGS, ENCODER_ARGS = {"action_dim", "cond_dim", "horizon"}, {"shapes", "n_obs_steps",
+                                                                        "image_keys"}
 
 
-def coerce_floats(cls: type, values: dict[str, Any]) -> dict[str, Any]:
-    """Turn strings such as "1e-3" (which YAML 1.1 leaves as strings) into floats for the
-    dataclass fields whose default is a float; anything unparsable is a ConfigError."""
-    out = dict(values)
-    for f in dataclasses.fields(cls):
-        if isinstance(f.default, float) and isinstance(out.get(f.name), str | int):
-            try:
-                out[f.name] = float(out[f.name])
-            except ValueError:
-                raise ConfigError(f"{f.name}: {out[f.name]!r} is not a number") from None
-    return out
+def _kwarg_names(cls: type, filled: set[str]) -> set[str]:
+    return set(inspect.signature(cls).parameters) - filled
 
 
 @dataclass
@@ -61,7 +49,7 @@ class ModelConfig:
     horizon: int = 16  # T
     n_obs_steps: int = 2  # To
     n_action_steps: int = 8  # Ta
-    action_key: str = "action"
+    action_key: str = "action"  # the store's key with role "action"
     shapes: dict[str, list[int]] = field(default_factory=dict)
     image_keys: list[str] = field(default_factory=list)
     normalization: str = "limits"
@@ -69,36 +57,80 @@ class ModelConfig:
     backbone_kwargs: dict[str, Any] = field(default_factory=dict)
     encoder_kwargs: dict[str, Any] = field(default_factory=dict)
     num_inference_steps: int = 10  # K
+    eta: float = 0.0  # the sampler's default stochasticity in [0, 1] (see the protocol)
 
     def validate(self) -> None:
+        """One ConfigError line for the first value that cannot work."""
+        name = self.family
         if self.action_key not in self.shapes:
-            raise ConfigError(f"{self.family}: shapes has no entry for the action key "
+            raise ConfigError(f"{name}: shapes has no entry for the action key "
                               f"'{self.action_key}' (have: {sorted(self.shapes)})")
-        if not 1 <= self.n_obs_steps <= self.horizon:
-            raise ConfigError(f"{self.family}: n_obs_steps={self.n_obs_steps} must be in "
-                              f"[1, horizon={self.horizon}]")
-        if not 1 <= self.n_action_steps <= self.horizon - self.n_obs_steps + 1:
-            raise ConfigError(f"{self.family}: n_action_steps={self.n_action_steps} must be in "
-                              f"[1, horizon - n_obs_steps + 1 = "
-                              f"{self.horizon - self.n_obs_steps + 1}]")
+        check_window(self.horizon, self.n_obs_steps, self.n_action_steps)
+        if self.num_inference_steps < 1:
+            raise ConfigError(f"{name}: num_inference_steps={self.num_inference_steps} must be "
+                              ">= 1 (K = 0 would return the noise itself)")
+        check_eta(self.eta, f"{name}: eta")
+        if self.normalization not in MODES:
+            raise ConfigError(f"{name}: unknown normalization {self.normalization!r}; known: "
+                              f"{list(MODES)}")
+        if self.backbone not in BACKBONES:
+            raise ConfigError(f"{name}: unknown backbone {self.backbone!r}; known: "
+                              f"{sorted(BACKBONES)}")
+        for kwargs, cls, filled, label in (
+                (self.backbone_kwargs, BACKBONES[self.backbone], BACKBONE_ARGS, "backbone_kwargs"),
+                (self.encoder_kwargs, ObsEncoder, ENCODER_ARGS, "encoder_kwargs")):
+            unknown = sorted(set(kwargs) - _kwarg_names(cls, filled))
+            if unknown:
+                raise ConfigError(f"{name}: unknown {label} key(s) {unknown} for "
+                                  f"{cls.__name__}; known: {sorted(_kwarg_names(cls, filled))}")
+        for key in self.image_keys:
+            if len(self.shapes.get(key, ())) != 3:
+                raise ConfigError(f"{name}: image key {key!r} needs a per-step (H, W, C) shape "
+                                  f"in shapes, got {self.shapes.get(key)}")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"family": self.family, **dataclasses.asdict(self)}
+        return {"family": self.family, **asdict(self)}
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> ModelConfig:
-        """Build from a dict, refusing unknown keys (a typo must not pass silently)."""
-        values = {k: v for k, v in values.items() if k != "family"}
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ConfigError(f"{cls.family}: unknown config key(s) {unknown}; known: "
-                              f"{sorted(known)}")
-        return cls(**coerce_floats(cls, values))
+    def from_dict(cls, values: dict[str, Any], where: str | None = None) -> ModelConfig:
+        """Build from a dict: unknown keys and wrong types are ConfigErrors naming ``where``.
+        Fields renamed since a checkpoint was saved are read under their new name."""
+        values = {RENAMED.get(k, k): v for k, v in values.items() if k != "family"}
+        return build_config(cls, values, where or cls.family)
 
 
-class ActionModel(nn.Module):
-    """Base of the model families: observation encoder, denoiser backbone, normalizer."""
+def check_eta(eta: float, what: str = "eta") -> float:
+    """eta must be a number in [0, 1]: beyond 1 the DDIM direction term goes imaginary (NaN)."""
+    if not isinstance(eta, int | float) or not 0.0 <= eta <= 1.0:
+        raise ConfigError(f"{what}={eta!r} must be in [0, 1] (0: deterministic, 1: DDPM-like)")
+    return float(eta)
+
+
+def expand_step(v: torch.Tensor) -> torch.Tensor:
+    """A per-step quantity shaped like the step index, () (B,) or (B, T), made to broadcast
+    over a chunk (B, T, Da)."""
+    return v.reshape(*v.shape, *(1,) * (3 - v.dim()))  # (1, 1, 1), (B, 1, 1) or (B, T, 1)
+
+
+def lookup(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``table[index]`` along dim 0, for an index tensor of any shape (0-d included), as an
+    index_select: plain indexing with a 0-d tensor reads its value on the host, which breaks
+    graph capture and compilation."""
+    rows = table.index_select(0, index.reshape(-1))  # (n, ...)
+    return rows.reshape((*index.shape, *table.shape[1:]))
+
+
+def step_coefficients(table: torch.Tensor, i: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The rows of a (K, C) step table for step indices ``i`` (), (B,) or (B, T), as C
+    tensors that broadcast over a chunk (B, T, Da). Indices below 0 (streaming's held
+    elements) read row 0; the family masks them."""
+    rows = lookup(table, i.clamp(min=0))  # (*i.shape, C)
+    return rows.reshape(*i.shape, *(1,) * (3 - i.dim()), table.shape[1]).unbind(-1)
+
+
+class ActionModel(nn.Module, ABC):
+    """Base of the model families: observation encoder, denoiser backbone, normalizer, and the
+    shared half of the protocol (:class:`robopolicy.policies.protocol.ActionModelProtocol`)."""
 
     config_class: ClassVar[type[ModelConfig]] = ModelConfig
 
@@ -107,42 +139,195 @@ class ActionModel(nn.Module):
         config.validate()
         self.config = config
         shapes = {k: tuple(v) for k, v in config.shapes.items()}
-        obs_shapes = {k: s for k, s in shapes.items() if k != config.action_key}
         self.normalizer = Normalizer({k: s for k, s in shapes.items()
                                       if k not in config.image_keys})
-        self.obs_encoder = ObsEncoder(obs_shapes, config.n_obs_steps,
-                                      image_keys=list(config.image_keys),
-                                      **config.encoder_kwargs)
         self.action_dim = shapes[config.action_key][-1]  # Da
-        self.backbone = make_backbone(config.backbone, self.action_dim, self.obs_encoder.out_dim,
-                                      config.horizon, **config.backbone_kwargs)
+        try:  # the networks check their own arguments (e.g. a horizon the UNet cannot halve)
+            self.obs_encoder = ObsEncoder({k: shapes[k] for k in self.obs_keys},
+                                          config.n_obs_steps, image_keys=list(config.image_keys),
+                                          **config.encoder_kwargs)
+            self.backbone = make_backbone(config.backbone, self.action_dim,
+                                          self.obs_encoder.out_dim, config.horizon,
+                                          **config.backbone_kwargs)
+        except (ValueError, TypeError, KeyError) as exc:
+            raise ConfigError(f"{config.family}: cannot build the networks: "
+                              f"{str(exc).splitlines()[0]}") from None
 
-    # ------------------------------------------------------------------ the protocol
+    @property
+    def obs_keys(self) -> list[str]:
+        """The observation keys the model conditions on, in config order."""
+        return [k for k in self.config.shapes if k != self.config.action_key]
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def resolve(self, num_steps: int | None, eta: float | None) -> tuple[int, float]:
+        """The chain length and eta of a call: the config's unless given, checked."""
+        num_steps = self.config.num_inference_steps if num_steps is None else num_steps
+        if not isinstance(num_steps, int) or num_steps < 1:
+            raise ValueError(f"num_steps={num_steps!r} must be an int >= 1")
+        return num_steps, check_eta(self.config.eta if eta is None else eta)
+
+    # ------------------------------------------------------------------ the chain (families)
+    @abstractmethod
+    def noise_levels(self, num_steps: int | None = None) -> torch.Tensor: ...
+
+    @abstractmethod
+    def noised(self, naction: torch.Tensor, i: torch.Tensor, noise: torch.Tensor, *,
+               num_steps: int | None = None) -> torch.Tensor: ...
+
+    @abstractmethod
+    def step_table(self, num_steps: int, eta: float) -> torch.Tensor:
+        """(K, C): the coefficients of every transition of a K-step chain at ``eta``, on the
+        model's device; computed once per chain, so a transition is a few tensor ops."""
+
+    @abstractmethod
+    def transition(self, x: torch.Tensor, i: torch.Tensor, coef: tuple[torch.Tensor, ...],
+                   cond: torch.Tensor, *, min_std: float, net: nn.Module | None
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Step ``i`` from x (B, T, Da) with its coefficients (:func:`step_coefficients`):
+        (mean, std), each (B, T, Da)."""
+
+    @abstractmethod
+    def draw_train_time(self, batch_size: int, *, generator: torch.Generator | None = None
+                        ) -> torch.Tensor: ...
+
+    @abstractmethod
+    def loss_terms(self, naction: torch.Tensor, cond: torch.Tensor, noise: torch.Tensor,
+                   t: torch.Tensor) -> torch.Tensor: ...
+
+    # ------------------------------------------------------------------ sampling (shared)
+    def denoise_step(self, x: torch.Tensor, i: torch.Tensor, cond: torch.Tensor, *,
+                     num_steps: int | None = None, eta: float | None = None,
+                     min_std: float = 0.0, net: nn.Module | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One transition from x_i (B, T, Da): the Gaussian (mean, std) of x_{i+1}, each
+        (B, T, Da), for step indices ``i`` (), (B,) or (B, T); std floored at ``min_std``;
+        ``net`` replaces the model's denoiser (a fine-tuned copy)."""
+        num_steps, eta = self.resolve(num_steps, eta)
+        coef = step_coefficients(self.step_table(num_steps, eta), i)
+        return self.transition(x, i, coef, cond, min_std=min_std, net=net)
+
     def encode_obs(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
         """Raw observations (B, To, ...) -> conditioning (B, Dc); low-dim keys normalized
         (stores may hold float64: the network computes in float32)."""
-        nobs = {k: v if k in self.config.image_keys else self.normalizer.normalize(k, v.float())
-                for k, v in obs.items() if k in self.obs_encoder_keys}
+        images = self.config.image_keys
+        nobs = {k: obs[k] if k in images else self.normalizer.normalize(k, obs[k].float())
+                for k in self.obs_keys if k in obs}
         return self.obs_encoder(nobs)
 
-    @property
-    def obs_encoder_keys(self) -> list[str]:
-        return [k for k in self.config.shapes if k != self.config.action_key]
+    def chunk_shape(self, batch_size: int) -> tuple[int, int, int]:
+        return batch_size, self.config.horizon, self.action_dim  # (B, T, Da)
 
-    def compute_loss(self, batch: dict, reduction: str = "mean"):
-        raise NotImplementedError
+    def step_schedule(self, x: torch.Tensor, num_steps: int) -> list[torch.Tensor]:
+        """The step index of each transition of a sample from ``x``: 0 .. K - 1 as 0-d device
+        tensors (indexing one arange, so no host-to-device copy per step)."""
+        return list(torch.arange(num_steps, device=x.device).unbind())
+
+    def sample(self, cond: torch.Tensor, *, noise: torch.Tensor | None = None,
+               step_noise: torch.Tensor | None = None,
+               generator: torch.Generator | None = None, num_steps: int | None = None,
+               eta: float | None = None, min_std: float = 0.0, return_chain: bool = False,
+               finetuned: nn.Module | None = None, finetune_steps: int = 0
+               ) -> torch.Tensor | Chain:
+        """The chain from ``noise`` (B, T, Da) through K transitions, x_{i+1} = mean + std *
+        step_noise[:, i] with step_noise (B, K, T, Da); either is drawn from ``generator``
+        when not given. Returns x_K (B, T, Da), or the :class:`Chain` of visited states."""
+        num_steps, eta = self.resolve(num_steps, eta)
+        shape = self.chunk_shape(len(cond))
+        if noise is None:
+            noise = torch.randn(shape, generator=generator, device=cond.device)
+        check_shape("noise", noise, shape)
+        schedule = self.step_schedule(noise, num_steps)
+        if step_noise is None:
+            step_noise = torch.randn((shape[0], len(schedule), *shape[1:]),
+                                     generator=generator, device=cond.device)
+        check_shape("step_noise", step_noise, (shape[0], len(schedule), *shape[1:]))
+        x, visited = self.run_chain(noise, schedule, cond, step_noise, num_steps=num_steps,
+                                    eta=eta, min_std=min_std, finetuned=finetuned,
+                                    finetune_steps=finetune_steps)
+        return Chain(torch.stack(visited, 1), torch.stack(schedule)) if return_chain else x
+
+    def run_chain(self, x: torch.Tensor, schedule: list[torch.Tensor], cond: torch.Tensor,
+                  step_noise: torch.Tensor, *, num_steps: int, eta: float, min_std: float,
+                  finetuned: nn.Module | None = None, finetune_steps: int = 0
+                  ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The one sampling loop, over the family's transition (what ``denoise_step`` runs):
+        x, and the visited states [x_0, ..., x_n]. The last
+        ``finetune_steps`` transitions use ``finetuned`` as the denoiser (DPPO's trainable
+        copy), the others the model's own (frozen) one."""
+        if not 0 <= finetune_steps <= len(schedule) or (finetune_steps and finetuned is None):
+            raise ValueError(f"finetune_steps={finetune_steps} needs a finetuned network and "
+                             f"0 <= finetune_steps <= {len(schedule)}")
+        first_finetuned = len(schedule) - finetune_steps
+        table = self.step_table(num_steps, eta)  # (K, C), once for the whole chain
+        visited = [x]
+        for r, i in enumerate(schedule):
+            net = finetuned if r >= first_finetuned else None
+            mean, std = self.transition(x, i, step_coefficients(table, i), cond,
+                                        min_std=min_std, net=net)
+            x = mean + std * step_noise[:, r]  # (B, T, Da)
+            visited.append(x)
+        return x, visited
+
+    # ------------------------------------------------------------------ likelihoods (shared)
+    def step_log_prob(self, x: torch.Tensor, i: torch.Tensor, x_next: torch.Tensor,
+                      cond: torch.Tensor, *, reduce: str, num_steps: int | None = None,
+                      eta: float | None = None, min_std: float,
+                      net: nn.Module | None = None) -> torch.Tensor:
+        """log N(x_next; mean, std) of one transition, (B,), summed or averaged over (T, Da).
+        Elements that hold still (streaming, step -1) contribute nothing."""
+        if not min_std > 0:
+            raise ValueError(f"min_std={min_std} must be > 0: a deterministic transition has "
+                             "no density (DPPO uses 0.1)")
+        if reduce not in ("sum", "mean"):
+            raise ValueError(f"reduce must be 'sum' or 'mean', got {reduce!r}")
+        mean, std = self.denoise_step(x, i, cond, num_steps=num_steps, eta=eta,
+                                      min_std=min_std, net=net)
+        moving = expand_step(i >= 0)  # (1|B, 1|T, 1)
+        std = torch.where(moving, std, 1.0)  # a placeholder where masked: finite gradients
+        logp = Normal(mean, std, validate_args=False).log_prob(x_next)  # (B, T, Da)
+        logp = torch.where(moving, logp, 0.0)
+        return logp.sum(dim=(1, 2)) if reduce == "sum" else logp.mean(dim=(1, 2))  # (B,)
+
+    def chain_log_prob(self, chain: Chain, cond: torch.Tensor, *, reduce: str,
+                       num_steps: int | None = None, eta: float | None = None,
+                       min_std: float, net: nn.Module | None = None) -> torch.Tensor:
+        """Log-likelihood of every transition of ``chain``: (B, K) (``chain.last(n)`` for the
+        fine-tuned steps only)."""
+        return torch.stack([
+            self.step_log_prob(chain.x[:, r], i, chain.x[:, r + 1], cond, reduce=reduce,
+                               num_steps=num_steps, eta=eta, min_std=min_std, net=net)
+            for r, i in enumerate(chain.steps)], dim=1)  # (B, K)
+
+    # ------------------------------------------------------------------ training (shared)
+    def compute_loss(self, batch: dict, reduction: str = "mean"
+                     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The BC loss: ``loss_terms`` at fresh noise and training times. ``reduction="none"``
+        gives it per sample (B,)."""
+        naction = self.normalizer.normalize(self.config.action_key, batch["action"].float())
+        cond = self.encode_obs(batch["obs"])  # (B, Dc)
+        per_sample = self.loss_terms(naction, cond, torch.randn_like(naction),
+                                     self.draw_train_time(len(naction)))  # (B,)
+        if reduction not in ("mean", "none"):
+            raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
+        loss = per_sample.mean() if reduction == "mean" else per_sample
+        return loss, {"loss": per_sample.detach().mean()}
 
     def forward(self, batch: dict, reduction: str = "mean"):
         """The BC loss: calling the module is what DistributedDataParallel hooks into."""
         return self.compute_loss(batch, reduction)
 
-    def sample(self, cond: torch.Tensor, noise: torch.Tensor | None = None,
-               steps: int | None = None) -> torch.Tensor:
-        raise NotImplementedError
+    def fit_normalizer(self, stats: dict[str, dict[str, Any]]) -> None:
+        """Fit every normalized key (low-dim observations, action) from dataset statistics
+        (:func:`robopolicy.data.stats.compute_stats`); a key without statistics is an error."""
+        for key in self.normalizer.keys:
+            if key not in stats:
+                raise MissingStatsError(f"no statistics for '{key}' (have: {sorted(stats)})")
+            self.normalizer.fit(key, *affine_from_stats(stats[key], self.config.normalization))
 
-    def denoise_step(self, x: torch.Tensor, k: torch.Tensor, cond: torch.Tensor):
-        raise NotImplementedError
-
+    # ------------------------------------------------------------------ acting (shared)
     def init_state(self, n_envs: int) -> Any:
         """Per-environment sampler state (streaming buffers); None for stateless families."""
         return None
@@ -155,62 +340,85 @@ class ActionModel(nn.Module):
                        state: Any = None, env_ids: Any = None) -> dict[str, torch.Tensor]:
         """Actions in raw units: the executable ``Ta`` steps and the whole predicted chunk.
         ``state``/``env_ids`` carry streaming buffers; stateless families ignore them."""
-        cond = self.encode_obs(obs)
-        naction = self.sample(cond, noise=noise)  # (B, T, Da)
+        return self.chunk_actions(self.sample(self.encode_obs(obs), noise=noise))
+
+    def chunk_actions(self, naction: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Normalized chunk (B, T, Da) -> {"action": (B, Ta, Da), "action_pred": (B, T, Da)}."""
         action = self.normalizer.unnormalize(self.config.action_key, naction)
         start = self.config.n_obs_steps - 1  # the chunk begins with the observed past
         return {"action": action[:, start:start + self.config.n_action_steps],
                 "action_pred": action}
 
-    def fit_normalizer(self, stats: dict[str, dict[str, Any]]) -> None:
-        """Fit every normalized key (low-dim observations, action) from dataset statistics
-        (:func:`robopolicy.data.stats.compute_stats`); a key without statistics is an error."""
-        for key in self.normalizer.keys:
-            if key not in stats:
-                raise MissingStatsError(f"no statistics for '{key}' (have: {sorted(stats)})")
-            self.normalizer.fit(key, *affine_from_stats(stats[key], self.config.normalization))
-
-    # ------------------------------------------------------------------ shared helpers
-    def noise_like_actions(self, batch_size: int, generator: torch.Generator | None = None):
-        device = next(self.parameters()).device
-        shape = (batch_size, self.config.horizon, self.action_dim)  # (B, T, Da)
-        return torch.randn(shape, generator=generator, device=device)
-
-    def normalized_actions(self, batch: dict) -> torch.Tensor:
-        return self.normalizer.normalize(self.config.action_key, batch["action"].float())
-
-    @staticmethod
-    def reduce(per_sample: torch.Tensor, reduction: str) -> torch.Tensor:
-        if reduction == "none":
-            return per_sample
-        if reduction == "mean":
-            return per_sample.mean()
-        raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
-
     # ------------------------------------------------------------------ checkpoints
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
-        """Write ``config.json`` and ``model.safetensors`` (normalizer included)."""
+        """Write ``config.json`` and ``model.safetensors`` (normalizer included), each written
+        beside and renamed into place, so a reader never finds a half-written file."""
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
-        (out / CONFIG_NAME).write_text(json.dumps(self.config.to_dict(), indent=2))
         state = {k: v.detach().contiguous() for k, v in self.state_dict().items()}
-        save_file(state, out / WEIGHTS_NAME)
+        save_file(state, out / f"{WEIGHTS_NAME}.tmp")
+        os.replace(out / f"{WEIGHTS_NAME}.tmp", out / WEIGHTS_NAME)
+        (out / f"{CONFIG_NAME}.tmp").write_text(json.dumps(self.config.to_dict(), indent=2))
+        os.replace(out / f"{CONFIG_NAME}.tmp", out / CONFIG_NAME)
         return out
 
 
+def check_shape(name: str, tensor: torch.Tensor, shape: tuple[int, ...]) -> None:
+    if tuple(tensor.shape) != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(tensor.shape)}")
+
+
 def load_model(directory: str | os.PathLike, device: str | torch.device = "cpu") -> ActionModel:
-    """Load a checkpoint directory: no trainer, no dataset, no pickle."""
+    """Load a checkpoint directory: no trainer, no dataset, no pickle. Every way it can be
+    broken (missing, corrupt or truncated files, a config that does not validate, weights
+    that disagree with it or hold NaN) is one ConfigError line naming the file."""
     from robopolicy.policies import MODELS
 
     path = Path(directory)
     for name in (CONFIG_NAME, WEIGHTS_NAME):
         if not (path / name).is_file():
             raise ConfigError(f"{path}: not a checkpoint (missing {name})")
-    values = json.loads((path / CONFIG_NAME).read_text())
-    family = values.get("family")
+    config_path, weights_path = path / CONFIG_NAME, path / WEIGHTS_NAME
+    try:
+        values = json.loads(config_path.read_text())
+    except (ValueError, OSError) as exc:  # JSONDecodeError and UnicodeDecodeError are both
+        raise ConfigError(f"{config_path}: not a readable JSON config ({exc})") from None
+    family = values.get("family") if isinstance(values, dict) else None
     if family not in MODELS:
-        raise ConfigError(f"{path / CONFIG_NAME}: unknown model family {family!r}; known: "
+        raise ConfigError(f"{config_path}: unknown model family {family!r}; known: "
                           f"{sorted(MODELS)}")
-    model = MODELS[family](MODELS[family].config_class.from_dict(values))
-    model.load_state_dict(load_file(path / WEIGHTS_NAME, device=str(device)))
+    config = MODELS[family].config_class.from_dict(values, where=str(config_path))
+    try:
+        model = MODELS[family](config)
+    except ConfigError as exc:
+        raise ConfigError(f"{config_path}: {exc}") from None
+    try:
+        weights = load_file(weights_path, device=str(device))
+    except Exception as exc:  # noqa: BLE001 (safetensors raises its own types for a bad file)
+        raise ConfigError(f"{weights_path}: cannot read the weights, the file is truncated or "
+                          f"not safetensors ({str(exc).splitlines()[0]})") from None
+    check_weights(model.state_dict(), weights, weights_path)
+    model.load_state_dict(weights)
     return model.to(device).eval()
+
+
+def check_weights(expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor],
+                  where: Path) -> None:
+    """The saved tensors are exactly the model's, by name and shape, and all finite."""
+    missing, unexpected = sorted(set(expected) - set(found)), sorted(set(found) - set(expected))
+    if missing or unexpected:
+        raise ConfigError(f"{where}: the weights do not match config.json: missing "
+                          f"{_some(missing)}, unexpected {_some(unexpected)}")
+    for key, tensor in found.items():
+        if tensor.shape != expected[key].shape:
+            raise ConfigError(f"{where}: the weights do not match config.json: '{key}' has "
+                              f"shape {tuple(tensor.shape)}, the config's model "
+                              f"{tuple(expected[key].shape)}")
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise ConfigError(f"{where}: '{key}' holds NaN or infinite values; the checkpoint "
+                              "is corrupt")
+
+
+def _some(keys: list[str], n: int = 3) -> str:
+    return "none" if not keys else ", ".join(keys[:n]) + (f" (+{len(keys) - n})"
+                                                           if len(keys) > n else "")

@@ -58,6 +58,31 @@ def latencies(repeats: int) -> list[dict]:
     return results
 
 
+def sampler_overhead(repeats: int, k: int = 10) -> dict:
+    """DDIM-K per decision (``predict_action``: normalize, encode, K transitions, unnormalize)
+    against K raw forwards of the same backbone at batch 1, interleaved: what the sampler
+    costs beyond the network."""
+    model = _model(DiffusionModel, DiffusionConfig, sampler="ddim", num_inference_steps=k)
+    obs = _obs(1, model.config.n_obs_steps)
+    with torch.no_grad():
+        cond = model.encode_obs(obs)
+        x, t = torch.randn(1, model.config.horizon, 7), torch.full((1,), 50.0)
+
+        def raw():
+            for _ in range(k):
+                model.backbone(x, t, cond)
+
+        decision, forwards = [], []
+        for _ in range(repeats):  # interleaved pairs: load drifts hit both alike
+            decision.append(_median_ms(lambda: model.predict_action(obs), 1))
+            forwards.append(_median_ms(raw, 1))
+    ratios = [d / f for d, f in zip(decision, forwards, strict=True)]
+    return {"bench": "models.sampler_overhead", "sampler": "ddim", "steps": k,
+            "decision_ms": round(statistics.median(decision), 2),
+            "raw_forwards_ms": round(statistics.median(forwards), 2),
+            "ratio": round(statistics.median(ratios), 3)}  # the median of the paired ratios
+
+
 def streaming_vs_ddim(repeats: int, k: int = 16) -> dict:
     stream = _model(StreamingDiffusionModel, StreamingConfig, horizon=16, n_obs_steps=1,
                     n_action_steps=4, num_inference_steps=k)
@@ -102,7 +127,7 @@ def training_steps_per_s(batch: int = 256, steps: int = 5) -> list[dict]:
 def run(workdir: str | None = None, quick: bool = False) -> list[dict]:
     """Print and return the model benchmarks (UNet backbone, default sizes, CPU threads as set)."""
     repeats = 3 if quick else 15
-    results = latencies(repeats) + [streaming_vs_ddim(repeats)]
+    results = latencies(repeats) + [sampler_overhead(repeats * 3), streaming_vs_ddim(repeats)]
     results += training_steps_per_s(steps=2 if quick else 5)
     for result in results:
         print(json.dumps(result), flush=True)

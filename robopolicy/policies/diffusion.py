@@ -1,9 +1,16 @@
 """Diffusion (DDPM training; DDPM or DDIM sampling) over action chunks.
 
-Training noise and sampling use diffusers' schedulers. :meth:`DiffusionModel.denoise_step`
-writes the same transition out as (mean, std) per sample, because DPPO needs the Gaussian of
-each step with one step index per sample (diffusers' ``step`` takes one scalar timestep and
-draws the noise itself); tests pin it to diffusers' ``step``.
+diffusers is the source of the noise schedule (``alphas_cumprod``) and the reference the tests
+hold the chain to: ``denoise_step`` equals ``DDPMScheduler.step`` / ``DDIMScheduler.step``
+over whole trajectories. The transition is written here rather than
+called through diffusers because a scheduler's ``step`` takes one Python timestep for the
+batch, draws its own noise, and ``set_timesteps`` mutates the scheduler: DPPO needs a step
+index per sample (and per element for streaming), and graph capture needs every input,
+noise included, to be a tensor.
+
+Chain of K steps, "leading" spacing as diffusers: step i runs at train timestep
+``t_i = (K - 1 - i) * (N // K)`` and lands on ``t_{i+1}``; the last lands below 0, the clean
+chunk (alpha bar 1).
 """
 
 from __future__ import annotations
@@ -12,35 +19,37 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
-from diffusers import DDIMScheduler, DDPMScheduler
+from diffusers import DDPMScheduler
+from torch import nn
 
 from robopolicy.errors import ConfigError
-from robopolicy.policies.base import ActionModel, ModelConfig
+from robopolicy.policies.base import ActionModel, ModelConfig, expand_step, lookup
 
 SAMPLERS = ("ddpm", "ddim")
 PREDICTIONS = ("epsilon", "sample")
+BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid")
 
 
 @dataclass
 class DiffusionConfig(ModelConfig):
     family: ClassVar[str] = "diffusion"
-    num_train_timesteps: int = 100
+    num_train_timesteps: int = 100  # N
     beta_schedule: str = "squaredcos_cap_v2"
     prediction_type: str = "epsilon"  # or "sample"
-    sampler: str = "ddim"  # or "ddpm"
+    sampler: str = "ddim"  # or "ddpm" (always its posterior std; eta is DDIM's)
     num_inference_steps: int = 10  # K
-    ddim_eta: float = 0.0  # 0: deterministic DDIM; > 0 adds noise (DPPO fine-tuning)
     clip_sample: bool = True  # actions are normalized to [-1, 1]
 
     def validate(self) -> None:
         super().validate()
-        if self.sampler not in SAMPLERS or self.prediction_type not in PREDICTIONS:
-            raise ConfigError(f"diffusion: sampler must be one of {SAMPLERS} and "
-                              f"prediction_type one of {PREDICTIONS}; got {self.sampler!r}, "
-                              f"{self.prediction_type!r}")
+        for name, value, known in (("sampler", self.sampler, SAMPLERS),
+                                   ("prediction_type", self.prediction_type, PREDICTIONS),
+                                   ("beta_schedule", self.beta_schedule, BETA_SCHEDULES)):
+            if value not in known:
+                raise ConfigError(f"{self.family}: unknown {name} {value!r}; known: {list(known)}")
         if not 1 <= self.num_inference_steps <= self.num_train_timesteps:
-            raise ConfigError(f"diffusion: num_inference_steps={self.num_inference_steps} must "
-                              f"be in [1, num_train_timesteps={self.num_train_timesteps}]")
+            raise ConfigError(f"{self.family}: num_inference_steps={self.num_inference_steps} "
+                              f"must be in [1, num_train_timesteps={self.num_train_timesteps}]")
 
 
 class DiffusionModel(ActionModel):
@@ -49,76 +58,86 @@ class DiffusionModel(ActionModel):
 
     def __init__(self, config: DiffusionConfig):
         super().__init__(config)
-        self.noise_scheduler = DDPMScheduler(
+        self.noise_scheduler = DDPMScheduler(  # the schedule's source; never stepped
             num_train_timesteps=config.num_train_timesteps, beta_schedule=config.beta_schedule,
             clip_sample=config.clip_sample, prediction_type=config.prediction_type)
-        kind = DDIMScheduler if config.sampler == "ddim" else DDPMScheduler
-        self.sampler = kind.from_config(self.noise_scheduler.config)
         alphas = self.noise_scheduler.alphas_cumprod.clone()
         self.register_buffer("alphas_cumprod", alphas, persistent=False)
 
-    # ------------------------------------------------------------------ training
-    def training_steps(self, batch_size: int, device: torch.device) -> torch.Tensor:
-        """Train steps to noise each sample to: (B,), uniform (streaming: one per element)."""
-        return torch.randint(0, self.config.num_train_timesteps, (batch_size,), device=device)
+    # ------------------------------------------------------------------ the schedule
+    def timesteps(self, num_steps: int) -> torch.Tensor:
+        """(K + 1,) train timestep of each visited state; the last is below 0 (clean)."""
+        ratio = self.config.num_train_timesteps // num_steps
+        k = torch.arange(num_steps + 1, device=self.alphas_cumprod.device)
+        return (num_steps - 1 - k) * ratio
 
-    def compute_loss(self, batch: dict, reduction: str = "mean"):
-        naction = self.normalized_actions(batch)  # (B, T, Da)
-        cond = self.encode_obs(batch["obs"])  # (B, Dc)
-        noise = torch.randn_like(naction)
-        k = self.training_steps(len(naction), naction.device)  # (B,) or (B, T)
-        a = self.alpha_bar(k)  # the forward process q(x_k | x_0), as diffusers' add_noise
-        noisy = a.sqrt() * naction + (1 - a).sqrt() * noise
-        pred = self.backbone(noisy, k.float(), cond)
-        target = noise if self.config.prediction_type == "epsilon" else naction
-        per_sample = (pred - target).square().mean(dim=(1, 2))  # (B,)
-        loss = self.reduce(per_sample, reduction)
-        return loss, {"loss": per_sample.mean().item()}
+    def alpha_bar(self, t: torch.Tensor) -> torch.Tensor:
+        """Cumulative alpha at train timesteps ``t`` (any shape); 1 below 0 (clean)."""
+        return torch.where(t >= 0, lookup(self.alphas_cumprod, t.clamp(min=0)), 1.0)
 
-    # ------------------------------------------------------------------ sampling
-    def sample(self, cond: torch.Tensor, noise: torch.Tensor | None = None,
-               steps: int | None = None, generator: torch.Generator | None = None):
-        """K denoising steps with diffusers' scheduler, from ``noise`` (B, T, Da)."""
-        x = self.noise_like_actions(len(cond), generator) if noise is None else noise
-        self.sampler.set_timesteps(steps or self.config.num_inference_steps)
-        for k in self.sampler.timesteps:
-            out = self.backbone(x, k.float().expand(len(x)).to(x.device), cond)
-            kwargs = {"eta": self.config.ddim_eta} if self.config.sampler == "ddim" else {}
-            x = self.sampler.step(out, k, x, generator=generator, **kwargs).prev_sample
-        return x
+    def forward_process(self, naction: torch.Tensor, noise: torch.Tensor,
+                        t: torch.Tensor) -> torch.Tensor:
+        """q(x_t | x_0) at train timesteps t (B,) or (B, T), as diffusers' ``add_noise``."""
+        a = expand_step(self.alpha_bar(t))  # (B, 1, 1) or (B, T, 1)
+        return a.sqrt() * naction + (1 - a).sqrt() * noise
 
-    def step_ratio(self, steps: int | None = None) -> int:
-        """Train timesteps skipped per sampling step ("leading" spacing, as diffusers)."""
-        return self.config.num_train_timesteps // (steps or self.config.num_inference_steps)
+    def noise_levels(self, num_steps: int | None = None) -> torch.Tensor:
+        num_steps, _ = self.resolve(num_steps, None)
+        return (1 - self.alpha_bar(self.timesteps(num_steps))).sqrt()  # (K + 1,)
 
-    def alpha_bar(self, k: torch.Tensor) -> torch.Tensor:
-        """Cumulative alpha at train steps ``k`` (B,) or (B, T), shaped to broadcast over
-        (B, T, Da); steps below 0 mean "clean" (alpha bar 1)."""
-        a = torch.where(k >= 0, self.alphas_cumprod[k.clamp(min=0)],
-                        torch.ones_like(k, dtype=self.alphas_cumprod.dtype))
-        return a.view(-1, 1, 1) if k.ndim == 1 else a.unsqueeze(-1)  # (B, 1, 1) or (B, T, 1)
+    def noised(self, naction: torch.Tensor, i: torch.Tensor, noise: torch.Tensor, *,
+               num_steps: int | None = None) -> torch.Tensor:
+        num_steps, _ = self.resolve(num_steps, None)
+        return self.forward_process(naction, noise, lookup(self.timesteps(num_steps), i))
 
-    def denoise_step(self, x: torch.Tensor, k: torch.Tensor, cond: torch.Tensor,
-                     steps: int | None = None):
-        """One sampling transition from train step ``k`` (B,), or one per horizon element
-        (B, T), as a Gaussian: (mean, std), each (B, T, Da); std is 0 at the last step (and for
-        DDIM with eta = 0)."""
-        out = self.backbone(x, k.float(), cond)
-        prev = k - self.step_ratio(steps)
-        a_t, a_prev = self.alpha_bar(k), self.alpha_bar(prev)
-        if self.config.prediction_type == "epsilon":
-            eps, x0 = out, (x - (1 - a_t).sqrt() * out) / a_t.sqrt()
-        else:
-            x0, eps = out, (x - a_t.sqrt() * out) / (1 - a_t).sqrt()
-        if self.config.clip_sample:
-            x0 = x0.clamp(-1.0, 1.0)
+    # ------------------------------------------------------------------ the transition
+    def step_table(self, num_steps: int, eta: float) -> torch.Tensor:
+        """(K, 6) per step: the train timestep t, sqrt(a_t), sqrt(1 - a_t), and the mean's
+        weights of x0 and of eps (DDIM) or x (DDPM), and std. DDPM: the posterior
+        q(x_prev | x_t, x0). DDIM: its mean with std = eta * (the posterior std), so eta = 1
+        with K = N is DDPM again. std is exactly 0 on the last step (and everywhere for DDIM
+        at eta = 0)."""
+        ts = self.timesteps(num_steps)  # (K + 1,)
+        a_t, a_prev = self.alpha_bar(ts[:-1]), self.alpha_bar(ts[1:])  # (K,) each
         variance = (1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)  # DDPM posterior variance
         if self.config.sampler == "ddpm":
-            mean = (a_prev.sqrt() * (1 - a_t / a_prev) * x0
-                    + (a_t / a_prev).sqrt() * (1 - a_prev) * x) / (1 - a_t)
-            std = variance.clamp(min=1e-20).sqrt()
+            std = variance.sqrt()
+            w_x0 = a_prev.sqrt() * (1 - a_t / a_prev) / (1 - a_t)
+            w_other = (a_t / a_prev).sqrt() * (1 - a_prev) / (1 - a_t)  # weight of x
         else:
-            std = self.config.ddim_eta * variance.sqrt()
-            mean = a_prev.sqrt() * x0 + (1 - a_prev - std.square()).sqrt() * eps
-        std = torch.where(a_prev < 1, std, torch.zeros_like(std))  # the last step is exact
-        return mean, std.expand_as(mean)
+            std = eta * variance.sqrt()
+            w_x0 = a_prev.sqrt()
+            w_other = (1 - a_prev - std.square()).clamp(min=0).sqrt()  # weight of eps
+        return torch.stack([ts[:-1].float(), a_t.sqrt(), (1 - a_t).sqrt(), w_x0, w_other, std],
+                           dim=-1)  # (K, 6)
+
+    def transition(self, x: torch.Tensor, i: torch.Tensor, coef: tuple[torch.Tensor, ...],
+                   cond: torch.Tensor, *, min_std: float, net: nn.Module | None
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The network's prediction turned into (x0, eps), x0 clipped to the action range as
+        diffusers does (a sample prediction's eps comes from the unclipped x0, as there),
+        then the step's Gaussian."""
+        t, sqrt_a, sqrt_1ma, w_x0, w_other, std = coef
+        out = (net or self.backbone)(x, t.reshape(i.shape), cond)  # (B, T, Da)
+        if self.config.prediction_type == "epsilon":
+            eps, x0 = out, (x - sqrt_1ma * out) / sqrt_a
+        else:
+            x0, eps = out, (x - sqrt_a * out) / sqrt_1ma
+        if self.config.clip_sample:
+            x0 = x0.clamp(-1.0, 1.0)
+        mean = w_x0 * x0 + w_other * (x if self.config.sampler == "ddpm" else eps)
+        return mean, std.clamp(min=min_std).expand_as(mean)
+
+    # ------------------------------------------------------------------ the loss
+    def draw_train_time(self, batch_size: int, *, generator: torch.Generator | None = None
+                        ) -> torch.Tensor:
+        """Train timesteps (B,), uniform over [0, N)."""
+        return torch.randint(0, self.config.num_train_timesteps, (batch_size,),
+                             generator=generator, device=self.alphas_cumprod.device)
+
+    def loss_terms(self, naction: torch.Tensor, cond: torch.Tensor, noise: torch.Tensor,
+                   t: torch.Tensor) -> torch.Tensor:
+        """Per-sample DDPM loss (B,): the network's noise (or sample) prediction at x_t."""
+        pred = self.backbone(self.forward_process(naction, noise, t), t.float(), cond)
+        target = noise if self.config.prediction_type == "epsilon" else naction
+        return (pred - target).square().mean(dim=(1, 2))  # (B,)

@@ -1,27 +1,34 @@
 """Streaming diffusion (Streaming Diffusion Policy): noise levels rise along the action buffer.
 
-The horizon after the ``o = To - 1`` past steps is cut into ``h = (T - o) / Ta`` chunks of
-``Ta`` actions (the past steps belong to chunk 0). Between calls, chunk ``j`` has
-``(j + 1) * s`` of the ``K`` sampling steps left, ``s = K / h``. A call runs ``s`` steps with
-one timestep per element, which makes chunk 0 clean; its ``Ta`` actions are returned, the
-buffer shifts by ``Ta``, fresh noise fills the last chunk, and the past steps are noised back
-to chunk 0's level. So a call costs ``K / h`` network evaluations instead of ``K``; the first
-call of an episode walks the all-noise buffer down to that staircase (``K`` in total).
+The buffer (B, T, Da) is ``o = To - 1`` past steps, then ``h = (T - o) / Ta`` chunks of ``Ta``
+actions (the past steps count as chunk 0). Between calls, chunk ``j`` has ``(j + 1) s`` of the
+K transitions left (the staircase), ``s = K / h``. A steady-state call runs ``s`` transitions,
+every element at its own step index, which makes chunk 0 clean; its ``Ta`` actions are
+returned, the buffer shifts by ``Ta``, fresh noise fills the last chunk and the past steps are
+re-noised to chunk 0's level. So a call costs ``s = K / h`` network evaluations instead of K.
+An episode's first call starts from pure noise: ``K - s`` warm-up transitions, in which only the
+elements above the staircase move, bring it there, then the ``s`` steady ones: K in total.
+
+:meth:`StreamingDiffusionModel.stream` is one call as a pure function (buffer, steps left,
+cond, noises) -> (chunk, new buffer, new steps left), with a fixed number of network calls
+(``s``, or ``K`` with ``warmup``) and no data-dependent branch. :class:`StreamState` is the
+bookkeeping around it: one buffer per environment and which of them start an episode.
 
 Training mixes the two noise regimes the sampler meets: chunk-wise levels (chunk ``j`` at a
 level in ``[j, j + 1) * N / h``) and one level for the whole chunk (as plain diffusion).
-Buffers live in a :class:`StreamState`, one row per environment.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, NamedTuple
 
 import numpy as np
 import torch
+from torch import nn
 
 from robopolicy.errors import ConfigError
+from robopolicy.policies.base import check_shape, expand_step
 from robopolicy.policies.diffusion import DiffusionConfig, DiffusionModel
 
 
@@ -35,28 +42,46 @@ class StreamingConfig(DiffusionConfig):
     p_constant_noise: float = 0.5  # share of training samples with one level for all elements
 
     @property
+    def n_past(self) -> int:  # o
+        return self.n_obs_steps - 1
+
+    @property
     def n_chunks(self) -> int:  # h
-        return (self.horizon - self.n_obs_steps + 1) // self.n_action_steps
+        return (self.horizon - self.n_past) // self.n_action_steps
 
     def validate(self) -> None:
         super().validate()
-        future = self.horizon - self.n_obs_steps + 1
+        future = self.horizon - self.n_past
         if future % self.n_action_steps or self.num_inference_steps % self.n_chunks:
             raise ConfigError(
                 f"streaming: horizon - n_obs_steps + 1 = {future} must be a multiple of "
                 f"n_action_steps = {self.n_action_steps}, and num_inference_steps = "
                 f"{self.num_inference_steps} a multiple of the chunk count {future} // "
                 f"{self.n_action_steps}")
+        if self.n_past > self.n_action_steps:
+            raise ConfigError(f"streaming: n_obs_steps - 1 = {self.n_past} must be <= "
+                              f"n_action_steps = {self.n_action_steps} (the past kept after a "
+                              "call comes from the chunk just executed)")
+        if not 0.0 <= self.p_constant_noise <= 1.0:
+            raise ConfigError(f"streaming: p_constant_noise={self.p_constant_noise} must be in "
+                              "[0, 1]")
+
+
+class StreamNoise(NamedTuple):
+    """Every random draw of one streaming call."""
+
+    steps: torch.Tensor  # (B, n, T, Da): one per transition, n = s (steady) or K (warm-up)
+    new_chunk: torch.Tensor  # (B, Ta, Da): the noise appended at the end after the shift
+    past: torch.Tensor  # (B, o, Da): re-noises the kept past steps to chunk 0's level
 
 
 @dataclass
 class StreamState:
-    """Per-environment buffers: actions (N, T, Da), sampling steps left per element (N, T),
-    and which environments start a new episode at their next call."""
+    """Per-environment bookkeeping around :meth:`StreamingDiffusionModel.stream`."""
 
-    x: torch.Tensor
-    left: torch.Tensor
-    fresh: np.ndarray
+    x: torch.Tensor  # (N, T, Da) buffers between calls
+    steps_left: torch.Tensor  # (N, T) transitions each element has still to go
+    new_episode: np.ndarray  # (N,) bool: start from pure noise at the next call
 
 
 class StreamingDiffusionModel(DiffusionModel):
@@ -65,97 +90,135 @@ class StreamingDiffusionModel(DiffusionModel):
 
     def __init__(self, config: StreamingConfig):
         super().__init__(config)
-        past = config.n_obs_steps - 1
-        chunk = (torch.arange(config.horizon) - past).clamp(min=0) // config.n_action_steps
+        chunk = (torch.arange(config.horizon) - config.n_past).clamp(min=0)
+        chunk = chunk // config.n_action_steps
         self.register_buffer("chunk_of", chunk, persistent=False)  # (T,) chunk of each element
 
     @property
     def steps_per_call(self) -> int:  # s
         return self.config.num_inference_steps // self.config.n_chunks
 
+    @property
+    def staircase(self) -> torch.Tensor:
+        """(T,) transitions left per element between calls: (j + 1) s for chunk j."""
+        return (self.chunk_of + 1) * self.steps_per_call
+
+    def resolve(self, num_steps: int | None, eta: float | None) -> tuple[int, float]:
+        if num_steps not in (None, self.config.num_inference_steps):
+            raise ValueError(f"streaming: the chain has num_inference_steps = "
+                             f"{self.config.num_inference_steps} transitions, got {num_steps}")
+        return super().resolve(num_steps, eta)
+
     # ------------------------------------------------------------------ training
-    def training_steps(self, batch_size: int, device: torch.device) -> torch.Tensor:
-        """One train step per element (B, T): the chunk-wise staircase, or one level for the
-        whole chunk with probability ``p_constant_noise``."""
-        n = self.config.num_train_timesteps
-        u = torch.rand(batch_size, 1, device=device)  # (B, 1) offset within a chunk's band
+    def draw_train_time(self, batch_size: int, *, generator: torch.Generator | None = None
+                        ) -> torch.Tensor:
+        """One train timestep per element (B, T): the chunk-wise staircase, or one level for
+        the whole chunk with probability ``p_constant_noise``."""
+        n, device = self.config.num_train_timesteps, self.alphas_cumprod.device
+        u = torch.rand(batch_size, 1, generator=generator, device=device)  # offset in a band
         chunkwise = ((self.chunk_of + u) * n / self.config.n_chunks).long()  # (B, T)
-        constant = torch.randint(0, n, (batch_size, 1), device=device).expand_as(chunkwise)
-        pick = torch.rand(batch_size, 1, device=device) < self.config.p_constant_noise
+        constant = torch.randint(0, n, (batch_size, 1), generator=generator, device=device)
+        pick = torch.rand(batch_size, 1, generator=generator, device=device)
+        pick = pick < self.config.p_constant_noise  # (B, 1)
         return torch.where(pick, constant, chunkwise).clamp(max=n - 1)  # (B, T)
 
+    # ------------------------------------------------------------------ the transition
+    def transition(self, x: torch.Tensor, i: torch.Tensor, coef: tuple[torch.Tensor, ...],
+                   cond: torch.Tensor, *, min_std: float, net: nn.Module | None
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Diffusion's transition with a step index per element (B, T); an element at -1
+        holds still (mean x, std 0)."""
+        mean, std = super().transition(x, i, coef, cond, min_std=min_std, net=net)
+        held = expand_step(i < 0)  # (B, T, 1)
+        return torch.where(held, x, mean), torch.where(held, 0.0, std)
+
+    def call_schedule(self, steps_left: torch.Tensor, warmup: bool
+                      ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Step index per element (B, T) of each transition of one call, -1 where an element
+        holds, and the steps left after it. Warm-up moves only the elements above the
+        staircase; each steady transition moves every element by one."""
+        k, s = self.config.num_inference_steps, self.steps_per_call
+        targets = [self.staircase] * (k - s if warmup else 0)
+        targets += [self.staircase - r - 1 for r in range(s)]
+        schedule = []
+        for target in targets:  # a fixed count: the loop never looks at the values
+            moving = steps_left > target  # (B, T)
+            schedule.append(torch.where(moving, k - steps_left, -1))
+            steps_left = steps_left - moving.long()
+        return schedule, steps_left
+
+    def step_schedule(self, x: torch.Tensor, num_steps: int) -> list[torch.Tensor]:
+        """``sample``'s chain: an episode's first call on a buffer of pure noise."""
+        all_left = torch.full(x.shape[:2], num_steps, device=x.device)  # (B, T)
+        return self.call_schedule(all_left, warmup=True)[0]
+
     # ------------------------------------------------------------------ streaming
+    def draw_stream_noise(self, batch_size: int, warmup: bool,
+                          generator: torch.Generator | None = None) -> StreamNoise:
+        n = self.config.num_inference_steps if warmup else self.steps_per_call
+        _, horizon, da = self.chunk_shape(batch_size)
+        kwargs = {"generator": generator, "device": self.alphas_cumprod.device}
+        return StreamNoise(torch.randn(batch_size, n, horizon, da, **kwargs),
+                           torch.randn(batch_size, self.config.n_action_steps, da, **kwargs),
+                           torch.randn(batch_size, self.config.n_past, da, **kwargs))
+
+    def stream(self, x: torch.Tensor, steps_left: torch.Tensor, cond: torch.Tensor,
+               noise: StreamNoise, *, warmup: bool, eta: float | None = None,
+               min_std: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One call: (chunk (B, T, Da) with chunk 0 clean, next buffer, next steps left).
+        ``warmup`` for rows that start an episode (x pure noise, K steps left everywhere);
+        steady rows pass through the warm-up untouched."""
+        num_steps, eta = self.resolve(None, eta)
+        schedule, steps_left = self.call_schedule(steps_left, warmup)
+        check_shape("noise.steps", noise.steps, (len(x), len(schedule), *x.shape[1:]))
+        x, _ = self.run_chain(x, schedule, cond, noise.steps, num_steps=num_steps, eta=eta,
+                              min_std=min_std)
+        return (x, *self.shift(x, steps_left, noise))
+
+    def shift(self, x: torch.Tensor, steps_left: torch.Tensor, noise: StreamNoise
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Drop the executed chunk, append fresh noise, re-noise the kept past steps to the
+        level of chunk 0 (s transitions left)."""
+        ta, o = self.config.n_action_steps, self.config.n_past
+        k, s = self.config.num_inference_steps, self.steps_per_call
+        x = torch.cat([x[:, ta:], noise.new_chunk], dim=1)  # (B, T, Da)
+        steps_left = torch.cat([steps_left[:, ta:], torch.full_like(steps_left[:, :ta], k)], 1)
+        if o:
+            level = torch.full((), k - s, device=x.device)  # a fill, not a host-to-device copy
+            past = self.noised(x[:, :o], level, noise.past)  # (B, o, Da)
+            x = torch.cat([past, x[:, o:]], dim=1)
+            steps_left = torch.cat([torch.full_like(steps_left[:, :o], s), steps_left[:, o:]], 1)
+        return x, steps_left
+
     def init_state(self, n_envs: int) -> StreamState:
+        shape = self.chunk_shape(n_envs)
         device = self.alphas_cumprod.device
-        shape = (n_envs, self.config.horizon, self.action_dim)
         return StreamState(torch.zeros(shape, device=device),
                            torch.zeros(shape[:2], dtype=torch.long, device=device),
                            np.ones(n_envs, bool))
 
     def reset_state(self, state: StreamState, mask: np.ndarray) -> None:
-        state.fresh |= np.asarray(mask, bool)
-
-    def _advance(self, x, left, target, cond, generator=None):
-        """One step for the elements with more than ``target`` steps left (others stay)."""
-        active = left > target  # (B, T)
-        k = (left - 1).clamp(min=0) * self.step_ratio()  # (B, T) train step of each element
-        mean, std = self.denoise_step(x, k, cond)
-        noise = torch.randn(x.shape, generator=generator, device=x.device)
-        stepped = mean + std * noise
-        return torch.where(active.unsqueeze(-1), stepped, x), left - active.long()
-
-    def stream(self, x, left, cond, generator=None):
-        """Bring a buffer to the staircase if needed, then run one call's ``s`` steps."""
-        s = self.steps_per_call
-        staircase = ((self.chunk_of + 1) * s).expand_as(left)  # (B, T)
-        while bool((left > staircase).any()):  # only at an episode's first call
-            x, left = self._advance(x, left, staircase, cond, generator)
-        for _ in range(s):
-            x, left = self._advance(x, left, staircase - s, cond, generator)
-        return x, left
-
-    def shift(self, x, left, generator=None):
-        """Drop the executed chunk, append fresh noise, noise the past back to chunk 0's level."""
-        ta, past, s = self.config.n_action_steps, self.config.n_obs_steps - 1, self.steps_per_call
-        fresh = torch.randn(x[:, :ta].shape, generator=generator, device=x.device)
-        x = torch.cat([x[:, ta:], fresh], dim=1)  # (B, T, Da)
-        left = torch.cat([left[:, ta:], torch.full_like(left[:, :ta],
-                                                         self.config.num_inference_steps)], 1)
-        if past:
-            k = torch.full_like(left[:, :past], (s - 1) * self.step_ratio())  # (B, o)
-            a = self.alpha_bar(k)  # (B, o, 1)
-            noise = torch.randn(x[:, :past].shape, generator=generator, device=x.device)
-            x[:, :past] = a.sqrt() * x[:, :past] + (1 - a).sqrt() * noise
-            left[:, :past] = s
-        return x, left
-
-    def sample(self, cond, noise=None, steps=None, generator=None):
-        """A fresh buffer streamed once: the first ``Ta`` actions (after the past) are clean;
-        later chunks are still partly noisy (they are finished by later calls)."""
-        if steps is not None and steps != self.config.num_inference_steps:
-            raise ConfigError("streaming: the step count is fixed by num_inference_steps")
-        x = self.noise_like_actions(len(cond), generator) if noise is None else noise
-        left = torch.full(x.shape[:2], self.config.num_inference_steps, device=x.device)
-        return self.stream(x, left.long(), cond, generator)[0]
+        state.new_episode |= np.asarray(mask, bool)
 
     @torch.no_grad()
-    def predict_action(self, obs, noise=None, state: StreamState | None = None,
-                       env_ids: np.ndarray | None = None):
+    def predict_action(self, obs: dict[str, torch.Tensor], noise: torch.Tensor | None = None,
+                       state: StreamState | None = None, env_ids: np.ndarray | None = None
+                       ) -> dict[str, torch.Tensor]:
         """Without ``state``: one fresh buffer (costs K). With it: continue the buffers of
         ``env_ids`` (all envs by default), costing K / h per call after each episode's first."""
         if state is None:
             return super().predict_action(obs, noise=noise)
-        ids = np.arange(len(state.fresh)) if env_ids is None else np.asarray(env_ids)
+        ids = np.arange(len(state.new_episode)) if env_ids is None else np.asarray(env_ids)
         cond = self.encode_obs(obs)
-        x, left = state.x[ids], state.left[ids]
-        new = torch.as_tensor(state.fresh[ids], device=x.device)
-        start = self.noise_like_actions(len(ids)) if noise is None else noise
-        x = torch.where(new.view(-1, 1, 1), start, x)
-        left = torch.where(new.view(-1, 1), self.config.num_inference_steps, left)
-        x, left = self.stream(x, left, cond)
-        action = self.normalizer.unnormalize(self.config.action_key, x)
-        state.x[ids], state.left[ids] = self.shift(x, left)
-        state.fresh[ids] = False
-        past = self.config.n_obs_steps - 1
-        return {"action": action[:, past:past + self.config.n_action_steps],
-                "action_pred": action}
+        starting = state.new_episode[ids]  # (B,) host bookkeeping, outside the pure core
+        start = torch.as_tensor(starting, device=cond.device)
+        if noise is None:
+            noise = torch.randn(self.chunk_shape(len(ids)), device=cond.device)
+        x = torch.where(start.view(-1, 1, 1), noise, state.x[ids])  # (B, T, Da)
+        left = torch.where(start.view(-1, 1), self.config.num_inference_steps,
+                           state.steps_left[ids])  # (B, T)
+        warmup = bool(starting.any())
+        naction, state.x[ids], state.steps_left[ids] = self.stream(
+            x, left, cond, self.draw_stream_noise(len(ids), warmup), warmup=warmup)
+        state.new_episode[ids] = False
+        return self.chunk_actions(naction)

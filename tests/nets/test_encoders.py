@@ -5,7 +5,15 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from robopolicy.nets.encoders import GlobalAvgPool, ObsEncoder, SpatialSoftmax, random_crop
+from robopolicy.nets.encoders import (
+    LOWDIM_MLP_DIM,
+    GlobalAvgPool,
+    ObsEncoder,
+    SpatialSoftmax,
+    center_crop,
+    crop_size,
+    random_crop,
+)
 from robopolicy.nets.resnet import ResNet18GN
 
 B, TO = 3, 2
@@ -32,8 +40,17 @@ def test_lowdim_identity_is_flattened_input_in_sorted_key_order():
 def test_lowdim_mlp_out_dim():
     shapes = {"pos": (3,), "vel": (6,)}
     enc = ObsEncoder(shapes, TO, lowdim="mlp")
-    out = enc({k: torch.randn(B, TO, *s) for k, s in shapes.items()})
+    nobs = {k: torch.randn(B, TO, *s) for k, s in shapes.items()}
+    out = enc(nobs)
+    assert enc.out_dim == TO * 2 * LOWDIM_MLP_DIM  # one feature per key and step, not 3 + 6
     assert out.shape == (B, enc.out_dim)
+    assert len(enc.lowdim_mlps) == 2 and list(enc.parameters())
+    # features are (key, step) blocks, keys sorted, each step encoded on its own: changing
+    # step 0 of "vel" changes that block only
+    changed = {**nobs, "vel": nobs["vel"].clone()}
+    changed["vel"][:, 0] += 1.0
+    diff = (enc(changed) - out).abs().reshape(B, 2, TO, LOWDIM_MLP_DIM).amax(dim=(0, 3))
+    assert diff[1, 0] > 0 and diff[0].max() == 0 and diff[1, 1] == 0
     with pytest.raises(ValueError, match="lowdim"):
         ObsEncoder(shapes, TO, lowdim="conv")
 
@@ -48,11 +65,21 @@ def test_missing_key_and_bad_shape_are_named():
 
 def test_image_encoder_accepts_uint8_and_out_dim_matches():
     shapes = {"cam": (24, 24, 3), "pos": (3,)}
-    enc = ObsEncoder(shapes, TO, image_feature_dim=16).eval()
-    assert enc.image_keys == ["cam"]  # found from the (H, W, C) shape
-    out = enc({"cam": images(), "pos": torch.randn(B, TO, 3)})
+    enc = ObsEncoder(shapes, TO, image_keys=["cam"], image_feature_dim=16).eval()
+    assert enc.image_keys == ["cam"]
+    assert ObsEncoder(shapes, TO).image_keys == []  # only named keys are cameras
+    cam_encoder = enc.image_encoders[0]
+    seen = []  # what the ResNet is fed (GroupNorm hides the input's scale from the output)
+    cam_encoder.backbone.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+    cam = images()
+    out = enc({"cam": cam, "pos": torch.randn(B, TO, 3)})
     assert out.shape == (B, enc.out_dim) == (B, TO * (16 + 3))
     assert out.dtype == torch.float32 and torch.isfinite(out).all()
+    # every frame, centre-cropped in eval, channels first, uint8 [0, 255] mapped to [-1, 1]
+    crop = center_crop(cam, crop_size(24, 24, cam_encoder.crop_ratio))  # (B, To, h, w, C)
+    want = crop.flatten(0, 1).permute(0, 3, 1, 2).float() / 255.0 * 2.0 - 1.0
+    assert len(seen) == 1 and seen[0].shape == (B * TO, 3, 22, 22)
+    torch.testing.assert_close(seen[0], want, atol=0, rtol=0)
 
 
 def test_random_crop_takes_one_window_per_sample():
@@ -70,7 +97,7 @@ def test_random_crop_takes_one_window_per_sample():
 def test_train_crops_differ_per_sample_and_call_eval_is_deterministic():
     torch.manual_seed(0)
     # 64 px: the crop leaves a 2x2 last feature map, so the keypoints can move with the crop
-    enc = ObsEncoder({"cam": (64, 64, 3)}, TO, image_feature_dim=8)
+    enc = ObsEncoder({"cam": (64, 64, 3)}, TO, image_keys=["cam"], image_feature_dim=8)
     cam = enc.image_encoders[0]
     x = images(64, 64, batch=6, same=True)  # six copies of one window
     c1, c2 = cam.crop(x), cam.crop(x)
@@ -98,10 +125,12 @@ def test_resnet18_gn_parameter_count_and_groupnorm():
 
 def test_no_batchnorm_and_one_encoder_per_camera_unless_shared(tmp_path):
     shapes = {"front.rgb": (24, 24, 3), "wrist.rgb": (20, 20, 3), "pos": (2,)}
-    enc = ObsEncoder(shapes, TO, image_feature_dim=8)
+    cams = ["front.rgb", "wrist.rgb"]
+    enc = ObsEncoder(shapes, TO, image_keys=cams, image_feature_dim=8)
     assert len(enc.image_encoders) == 2
     assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in enc.modules())
-    shared = ObsEncoder(shapes, TO, image_feature_dim=8, share_camera_encoder=True)
+    shared = ObsEncoder(shapes, TO, image_keys=cams, image_feature_dim=8,
+                        share_camera_encoder=True)
     assert len(shared.image_encoders) == 1
     assert shared.out_dim == enc.out_dim == TO * (8 + 8 + 2)
     n_enc = sum(p.numel() for p in enc.parameters())
@@ -117,13 +146,17 @@ def test_image_key_validation():
     with pytest.raises(KeyError, match="top"):
         ObsEncoder({"pos": (3,)}, TO, image_keys=["top"])
     with pytest.raises(ValueError, match="channel"):
-        ObsEncoder({"a": (8, 8, 3), "b": (8, 8, 1)}, TO, share_camera_encoder=True)
+        ObsEncoder({"a": (8, 8, 3), "b": (8, 8, 1)}, TO, image_keys=["a", "b"],
+                   share_camera_encoder=True)
     with pytest.raises(ValueError, match="crop_ratio"):
-        ObsEncoder({"a": (8, 8, 3)}, TO, crop_ratio=0.0)
+        ObsEncoder({"a": (8, 8, 3)}, TO, image_keys=["a"], crop_ratio=0.0)
+    with pytest.raises(ValueError, match=r"image key 'pos' must have a per-step \(H, W, C\)"):
+        ObsEncoder({"pos": (3,)}, TO, image_keys=["pos"])
 
 
 def test_gradients_reach_the_image_encoder():
-    enc = ObsEncoder({"cam": (24, 24, 3), "pos": (3,)}, TO, image_feature_dim=8, lowdim="mlp")
+    enc = ObsEncoder({"cam": (24, 24, 3), "pos": (3,)}, TO, image_keys=["cam"],
+                     image_feature_dim=8, lowdim="mlp")
     out = enc({"cam": images(), "pos": torch.randn(B, TO, 3)})
     out.square().mean().backward()
     assert all(p.grad is not None for p in enc.parameters())
@@ -145,12 +178,15 @@ def test_spatial_softmax_finds_where_a_feature_is():
 
 def test_pool_and_resnet_widths_options():
     shapes = {"cam": (24, 24, 3)}
-    full = ObsEncoder(shapes, TO, image_feature_dim=8, pool="avg")
-    narrow = ObsEncoder(shapes, TO, image_feature_dim=8, resnet_widths=(32, 64, 128, 256))
+    full = ObsEncoder(shapes, TO, image_keys=["cam"], image_feature_dim=8, pool="avg")
+    narrow = ObsEncoder(shapes, TO, image_keys=["cam"], image_feature_dim=8,
+                        resnet_widths=(32, 64, 128, 256))
     n_full = sum(p.numel() for p in full.image_encoders[0].backbone.parameters())
     n_narrow = sum(p.numel() for p in narrow.image_encoders[0].backbone.parameters())
     assert n_full == 11_176_512 and 3.9 < n_full / n_narrow < 4.1  # ~4x fewer weights
+    assert isinstance(full.image_encoders[0].pool, GlobalAvgPool)
+    assert full.image_encoders[0].proj.in_features == 512  # the pooled channels
     assert isinstance(narrow.image_encoders[0].pool, SpatialSoftmax)
     assert narrow.eval()({"cam": images()}).shape == (B, TO * 8)
     with pytest.raises(ValueError, match="pool"):
-        ObsEncoder(shapes, TO, pool="max")
+        ObsEncoder(shapes, TO, image_keys=["cam"], pool="max")

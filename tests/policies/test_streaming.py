@@ -1,5 +1,5 @@
-"""Streaming diffusion: bimodal chunks that stay in their mode across calls, K / h network
-evaluations per steady-state call, per-environment buffers, checkpoints."""
+"""Streaming diffusion: bimodal chunks that stay in their mode across calls, a pure call with
+fixed network-evaluation counts, per-environment buffers, checkpoints."""
 
 import numpy as np
 import pytest
@@ -8,6 +8,7 @@ from test_families import MODES, toy_batch, toy_stats, train
 
 from robopolicy.errors import ConfigError
 from robopolicy.policies import StreamingConfig, StreamingDiffusionModel, load_model
+from robopolicy.policies.streaming import StreamNoise
 
 
 def config(**extra) -> StreamingConfig:
@@ -18,6 +19,7 @@ def config(**extra) -> StreamingConfig:
 
 
 def build(**extra) -> StreamingDiffusionModel:
+    torch.manual_seed(0)
     model = StreamingDiffusionModel(config(**extra))
     model.fit_normalizer(toy_stats())
     return model.eval()
@@ -64,9 +66,71 @@ def test_a_steady_call_costs_k_over_h_evaluations():
         model.predict_action(obs, state=state)
         per_call.append(calls[0] - before)
     assert per_call == [12, 6, 6, 6]  # the first call walks pure noise down to the staircase
+    model.reset_state(state, np.array([False, True, False]))
+    before = calls[0]
+    model.predict_action(obs, state=state)  # one row starts over: the batch warms up
+    assert calls[0] - before == 12
     before = calls[0]
     model.predict_action(obs)  # stateless: a full fresh buffer
     assert calls[0] - before == 12
+
+
+def steady_inputs(model, batch: int = 3, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, 4, 2, generator=g)
+    left = model.staircase.expand(batch, -1).clone()  # (B, T) between calls
+    cond = torch.randn(batch, model.obs_encoder.out_dim, generator=g)
+    return x, left, cond, model.draw_stream_noise(batch, warmup=False, generator=g)
+
+
+def test_a_call_is_a_pure_function_of_its_inputs():
+    model = build()
+    x, left, cond, noise = steady_inputs(model)
+    with torch.no_grad():
+        first = model.stream(x, left, cond, noise, warmup=False)
+        torch.manual_seed(99)  # no hidden draw from the global stream
+        again = model.stream(x, left, cond, noise, warmup=False)
+    for a, b in zip(first, again, strict=True):
+        assert torch.equal(a, b)
+    chunk, x_next, left_next = first
+    s, k = model.steps_per_call, model.config.num_inference_steps
+    assert torch.equal(left_next, left)  # back on the staircase
+    torch.testing.assert_close(x_next[:, :2], chunk[:, 2:])  # the buffer moved by Ta = 2
+    torch.testing.assert_close(x_next[:, 2:], noise.new_chunk)  # fresh noise at the end
+    assert (s, k) == (5, 10)
+
+
+def test_steady_rows_pass_through_a_warm_up_untouched():
+    """A batch with a new episode in it runs K transitions; the rows already on the staircase
+    hold still through the first K - s and come out as a steady call would leave them."""
+    model = build()
+    x, left, cond, steady_noise = steady_inputs(model)
+    k, s = model.config.num_inference_steps, model.steps_per_call
+    g = torch.Generator().manual_seed(1)
+    warm_steps = torch.randn(3, k, 4, 2, generator=g)
+    warm_steps[:, k - s:] = steady_noise.steps  # the same noise where the steady rows move
+    warm = StreamNoise(warm_steps, steady_noise.new_chunk, steady_noise.past)
+    x_new, left_new = x.clone(), left.clone()
+    x_new[1], left_new[1] = torch.randn(4, 2, generator=g), k  # row 1 starts an episode
+    with torch.no_grad():
+        mixed = model.stream(x_new, left_new, cond, warm, warmup=True)
+        steady = model.stream(x, left, cond, steady_noise, warmup=False)
+    for a, b in zip(mixed, steady, strict=True):
+        torch.testing.assert_close(a[[0, 2]], b[[0, 2]], rtol=0, atol=0)
+    assert not torch.allclose(mixed[0][1], steady[0][1])  # row 1 came from its own noise
+    assert torch.equal(mixed[2][1], left[1])  # the new row ends on the staircase too
+
+
+def test_the_past_is_renoised_to_chunk_zeros_level():
+    model = build(horizon=5, n_obs_steps=2)  # o = 1 past step, h = 2 chunks of Ta = 2
+    x, left, cond, noise = steady_inputs(model)
+    x, left = torch.randn(3, 5, 2), model.staircase.expand(3, -1).clone()
+    with torch.no_grad():
+        chunk, x_next, left_next = model.stream(x, left, cond, noise, warmup=False)
+    k, s = model.config.num_inference_steps, model.steps_per_call
+    expected = model.noised(chunk[:, 2:3], torch.tensor(k - s), noise.past)
+    torch.testing.assert_close(x_next[:, :1], expected)
+    assert left_next[0].tolist() == model.staircase.tolist() == [s, s, s, 2 * s, 2 * s]
 
 
 def test_buffers_are_per_environment():
@@ -78,9 +142,9 @@ def test_buffers_are_per_environment():
     model.predict_action({k: v[1:] for k, v in obs.items()}, state=state, env_ids=np.array([1]))
     torch.testing.assert_close(state.x[0], env0)  # env 0 untouched by env 1's call
     model.reset_state(state, np.array([True, False]))
-    assert state.fresh.tolist() == [True, False]
+    assert state.new_episode.tolist() == [True, False]
     staircase = [model.steps_per_call * (c + 1) for c in model.chunk_of.tolist()]
-    assert state.left[1].tolist() == staircase  # between calls: chunk j has (j + 1) s left
+    assert state.steps_left[1].tolist() == staircase  # between calls: chunk j has (j + 1) s
 
 
 def test_checkpoint_round_trip_and_config_checks(tmp_path):
@@ -96,3 +160,7 @@ def test_checkpoint_round_trip_and_config_checks(tmp_path):
     torch.testing.assert_close(a, b, rtol=0, atol=0)
     with pytest.raises(ConfigError, match="multiple of n_action_steps"):
         StreamingDiffusionModel(config(horizon=5))
+    with pytest.raises(ConfigError, match="n_obs_steps - 1 = 3 must be <= n_action_steps = 2"):
+        StreamingDiffusionModel(config(horizon=7, n_obs_steps=4, num_inference_steps=4))
+    with pytest.raises(ValueError, match="the chain has num_inference_steps = 10"):
+        model.sample(model.encode_obs(obs), num_steps=5)

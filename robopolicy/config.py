@@ -1,0 +1,49 @@
+"""Typed configs from plain dicts (YAML files, ``key=value`` overrides, ``config.json``).
+
+Every config is a dataclass with defaults. :func:`build_config` is the one way a dict becomes
+one: unknown keys are refused with the known ones listed, floats that YAML 1.1 leaves as
+strings ("1e-3") are parsed, and every field is type-checked by dacite (``"horizon": "16"``
+is an error, not a string that fails later). Each failure is one :class:`ConfigError` line
+naming where the values came from.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, TypeVar
+
+import dacite
+
+from robopolicy.errors import ConfigError
+
+T = TypeVar("T")
+
+
+def coerce_floats(cls: type, values: dict[str, Any], where: str) -> dict[str, Any]:
+    """Turn strings such as "1e-3" and ints into floats for the fields whose default is a
+    float (YAML reads ``lr: 1e-3`` as a string and ``eta: 1`` as an int)."""
+    out = dict(values)
+    for f in dataclasses.fields(cls):
+        value = out.get(f.name)
+        if isinstance(f.default, float) and isinstance(value, str | int) \
+                and not isinstance(value, bool):
+            try:
+                out[f.name] = float(value)
+            except ValueError:
+                raise ConfigError(f"{where}: {f.name}: {value!r} is not a number") from None
+    return out
+
+
+def build_config(cls: type[T], values: dict[str, Any], where: str) -> T:
+    """``cls(**values)`` with unknown keys refused and every field type-checked."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where}: expected a mapping of config fields, got "
+                          f"{type(values).__name__}")
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"{where}: unknown config key(s) {unknown}; known: {sorted(known)}")
+    try:
+        return dacite.from_dict(cls, coerce_floats(cls, values, where))
+    except dacite.DaciteError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
