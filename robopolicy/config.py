@@ -40,7 +40,7 @@ def build_config(cls: type[T], values: dict[str, Any], where: str) -> T:
         raise ConfigError(f"{where}: expected a mapping of config fields, got "
                           f"{type(values).__name__}")
     known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - known)
+    unknown = sorted(map(str, set(values) - known))  # YAML keys may be numbers or null
     if unknown:
         raise ConfigError(f"{where}: unknown config key(s) {unknown}; known: {sorted(known)}")
     try:

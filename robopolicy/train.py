@@ -314,7 +314,8 @@ def load_config(path: str | None, overrides: list[str]) -> TrainConfig:
     if path:
         try:
             values = yaml.safe_load(Path(path).read_text()) or {}
-        except (OSError, yaml.YAMLError) as exc:  # YAML's messages span lines: make it one
+        except (OSError, ValueError, yaml.YAMLError) as exc:  # ValueError: not UTF-8
+            # YAML's messages span lines: make it one
             raise ConfigError(f"{path}: cannot read config ({' '.join(str(exc).split())})"
                               ) from None
         if not isinstance(values, dict):
@@ -327,7 +328,14 @@ def load_config(path: str | None, overrides: list[str]) -> TrainConfig:
         target, name = values, key
         if key.startswith("model."):
             target, name = values.setdefault("model", {}), key.removeprefix("model.")
-        target[name] = yaml.safe_load(raw)
+            if not isinstance(target, dict):
+                raise ConfigError(f"{path}: model must be a mapping of model fields, got "
+                                  f"{type(target).__name__}")
+        try:
+            target[name] = yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"override '{item}': not a YAML value "
+                              f"({' '.join(str(exc).split())})") from None
     if "data" not in values:
         raise ConfigError("no data store given: set data: in the config or pass data=PATH")
     return build_config(TrainConfig, values, path or "overrides")

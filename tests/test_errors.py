@@ -170,6 +170,9 @@ TRAIN_CASES = [
     ("backbone value of the wrong type", ["model.backbone_kwargs={hidden_dim: big}"],
      "flow: cannot build the networks:"),
     ("non-positive steps", ["steps=0"], "steps must be >= 1, got 0"),
+    ("override that is not YAML", ["lr=[1,"], "override 'lr=[1,': not a YAML value ("),
+    ("empty action shape in a model", ["model.shapes={action: []}"],
+     "flow: shapes must be non-empty lists of positive sizes, got {'action': []}"),
 ]
 TINY = ["family=flow", "model.horizon=8", "model.n_obs_steps=2", "model.n_action_steps=4",
         "model.backbone=mlp", "model.backbone_kwargs={hidden_dim: 32}", "steps=2",
@@ -185,10 +188,25 @@ def test_bad_training_config_is_one_line(case, store, tmp_path, capsys):
     assert not out.exists()  # nothing was written
 
 
-def test_yaml_syntax_error_is_one_line(tmp_path, capsys):
+@pytest.mark.parametrize("text,message", [
+    (b"data: demos.zarr\nmodel: {horizon: 8\n", "bad.yaml: cannot read config (while parsing"),
+    (b"data: demos.zarr\nlr: \xff\xfe\n", "bad.yaml: cannot read config ("),  # not UTF-8
+    (b"- data\n- steps\n", "bad.yaml: expected a mapping of training fields, got list"),
+    (b"data: demos.zarr\nmodel: null\n", "bad.yaml: model must be a mapping"),
+    (b"data: demos.zarr\n1: 2\n", "bad.yaml: unknown config key(s) ['1']"),
+], ids=["YAML syntax", "not UTF-8", "a list", "model: null", "a number as key"])
+def test_bad_config_file_is_one_line(text, message, tmp_path, capsys):
     path = tmp_path / "bad.yaml"
-    path.write_text("data: demos.zarr\nmodel: {horizon: 8\n")
-    assert_one_line_error(capsys, ["train", str(path)], "bad.yaml: cannot read config (")
+    path.write_bytes(text)
+    assert_one_line_error(capsys, ["train", str(path), "model.horizon=8"], message)
+
+
+def test_unhashable_family_in_a_checkpoint_is_one_line(checkpoint, tmp_path, capsys):
+    ckpt = tmp_path / "checkpoint"
+    shutil.copytree(checkpoint, ckpt)
+    edit_config(ckpt, family=["flow"])
+    assert_one_line_error(capsys, run_verb("eval", ckpt, tmp_path),
+                          "config.json: unknown model family ['flow']")
 
 
 def test_the_console_script_prints_no_traceback(checkpoint, tmp_path):

@@ -1,8 +1,10 @@
 """What the model families share: the config, the sampler loop, chain likelihoods, the BC loss,
 raw-unit actions and checkpoints. The protocol itself is written in ``protocol``.
 
-A family implements the chain (``noise_levels``, ``noised``, ``denoise_step``) and the loss
-(``draw_train_time``, ``loss_terms``); everything else is here, once. The normalizer lives
+A family implements the chain (``noise_levels``, ``noised``, and the transition as a per-step
+coefficient table ``step_table`` plus ``transition``, which the shared ``denoise_step`` and
+``sample`` run) and the loss (``draw_train_time``, ``loss_terms``); everything else is here,
+once. The normalizer lives
 inside the model and is saved with it. A checkpoint is a directory with ``config.json`` and
 ``model.safetensors``; :func:`load_model` needs nothing else.
 """
@@ -14,6 +16,7 @@ import json
 import os
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
+from numbers import Real
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -62,6 +65,10 @@ class ModelConfig:
     def validate(self) -> None:
         """One ConfigError line for the first value that cannot work."""
         name = self.family
+        bad = {k: s for k, s in self.shapes.items() if not s or min(s) < 1}
+        if bad:
+            raise ConfigError(f"{name}: shapes must be non-empty lists of positive sizes, got "
+                              f"{bad}")
         if self.action_key not in self.shapes:
             raise ConfigError(f"{name}: shapes has no entry for the action key "
                               f"'{self.action_key}' (have: {sorted(self.shapes)})")
@@ -95,13 +102,17 @@ class ModelConfig:
     def from_dict(cls, values: dict[str, Any], where: str | None = None) -> ModelConfig:
         """Build from a dict: unknown keys and wrong types are ConfigErrors naming ``where``.
         Fields renamed since a checkpoint was saved are read under their new name."""
+        both = [f"{old}/{new}" for old, new in RENAMED.items() if old in values and new in values]
+        if both:
+            raise ConfigError(f"{where or cls.family}: both names of one field given: {both}")
         values = {RENAMED.get(k, k): v for k, v in values.items() if k != "family"}
         return build_config(cls, values, where or cls.family)
 
 
 def check_eta(eta: float, what: str = "eta") -> float:
-    """eta must be a number in [0, 1]: beyond 1 the DDIM direction term goes imaginary (NaN)."""
-    if not isinstance(eta, int | float) or not 0.0 <= eta <= 1.0:
+    """eta must be a number in [0, 1]: beyond 1, DDIM's std exceeds what its direction term
+    can give up (its square root would be of a negative number)."""
+    if isinstance(eta, bool) or not isinstance(eta, Real) or not 0.0 <= eta <= 1.0:
         raise ConfigError(f"{what}={eta!r} must be in [0, 1] (0: deterministic, 1: DDPM-like)")
     return float(eta)
 
@@ -120,11 +131,22 @@ def lookup(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return rows.reshape((*index.shape, *table.shape[1:]))
 
 
+def held_step(i: torch.Tensor) -> torch.Tensor:
+    """The index that marks an element holding still at step ``i`` (streaming): ``-1 - i``,
+    negative, and its own inverse, so the step the element sits at is never lost."""
+    return -1 - i
+
+
+def sits_at(i: torch.Tensor) -> torch.Tensor:
+    """The step each element's state sits at, for moving (i >= 0) and held (i < 0) ones."""
+    return torch.where(i < 0, held_step(i), i)
+
+
 def step_coefficients(table: torch.Tensor, i: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """The rows of a (K, C) step table for step indices ``i`` (), (B,) or (B, T), as C
-    tensors that broadcast over a chunk (B, T, Da). Indices below 0 (streaming's held
-    elements) read row 0; the family masks them."""
-    rows = lookup(table, i.clamp(min=0))  # (*i.shape, C)
+    tensors that broadcast over a chunk (B, T, Da). A held element (i < 0) reads the row of
+    the step it sits at, so the network sees its true noise level; the family keeps it still."""
+    rows = lookup(table, sits_at(i))  # (*i.shape, C)
     return rows.reshape(*i.shape, *(1,) * (3 - i.dim()), table.shape[1]).unbind(-1)
 
 
@@ -149,7 +171,7 @@ class ActionModel(nn.Module, ABC):
             self.backbone = make_backbone(config.backbone, self.action_dim,
                                           self.obs_encoder.out_dim, config.horizon,
                                           **config.backbone_kwargs)
-        except (ValueError, TypeError, KeyError) as exc:
+        except (ValueError, TypeError, KeyError, RuntimeError) as exc:
             raise ConfigError(f"{config.family}: cannot build the networks: "
                               f"{str(exc).splitlines()[0]}") from None
 
@@ -277,41 +299,49 @@ class ActionModel(nn.Module, ABC):
                       eta: float | None = None, min_std: float,
                       net: nn.Module | None = None) -> torch.Tensor:
         """log N(x_next; mean, std) of one transition, (B,), summed or averaged over (T, Da).
-        Elements that hold still (streaming, step -1) contribute nothing."""
-        if not min_std > 0:
-            raise ValueError(f"min_std={min_std} must be > 0: a deterministic transition has "
-                             "no density (DPPO uses 0.1)")
-        if reduce not in ("sum", "mean"):
-            raise ValueError(f"reduce must be 'sum' or 'mean', got {reduce!r}")
-        mean, std = self.denoise_step(x, i, cond, num_steps=num_steps, eta=eta,
-                                      min_std=min_std, net=net)
-        moving = expand_step(i >= 0)  # (1|B, 1|T, 1)
-        std = torch.where(moving, std, 1.0)  # a placeholder where masked: finite gradients
-        logp = Normal(mean, std, validate_args=False).log_prob(x_next)  # (B, T, Da)
-        logp = torch.where(moving, logp, 0.0)
-        return logp.sum(dim=(1, 2)) if reduce == "sum" else logp.mean(dim=(1, 2))  # (B,)
+        Elements that hold still (streaming, i < 0) are left out of both."""
+        num_steps, eta = self.resolve(num_steps, eta)
+        table = self.step_table(num_steps, eta)
+        return self._log_prob(x, i, x_next, cond, table, reduce, min_std, net)
 
     def chain_log_prob(self, chain: Chain, cond: torch.Tensor, *, reduce: str,
                        num_steps: int | None = None, eta: float | None = None,
                        min_std: float, net: nn.Module | None = None) -> torch.Tensor:
         """Log-likelihood of every transition of ``chain``: (B, K) (``chain.last(n)`` for the
         fine-tuned steps only)."""
-        return torch.stack([
-            self.step_log_prob(chain.x[:, r], i, chain.x[:, r + 1], cond, reduce=reduce,
-                               num_steps=num_steps, eta=eta, min_std=min_std, net=net)
-            for r, i in enumerate(chain.steps)], dim=1)  # (B, K)
+        num_steps, eta = self.resolve(num_steps, eta)
+        table = self.step_table(num_steps, eta)  # once for the chain
+        logps = [self._log_prob(chain.x[:, r], i, chain.x[:, r + 1], cond, table, reduce,
+                                min_std, net) for r, i in enumerate(chain.steps)]
+        return torch.stack(logps, dim=1) if logps else chain.x.new_zeros(len(chain.x), 0)
+
+    def _log_prob(self, x, i, x_next, cond, table, reduce: str, min_std: float, net):
+        if not min_std > 0:
+            raise ValueError(f"min_std={min_std} must be > 0: a deterministic transition has "
+                             "no density (DPPO uses 0.1)")
+        if reduce not in ("sum", "mean"):
+            raise ValueError(f"reduce must be 'sum' or 'mean', got {reduce!r}")
+        mean, std = self.transition(x, i, step_coefficients(table, i), cond, min_std=min_std,
+                                    net=net)
+        moving = expand_step(i >= 0).expand_as(mean)  # (B, T, Da)
+        std = torch.where(moving, std, 1.0)  # a placeholder where masked: finite gradients
+        logp = Normal(mean, std, validate_args=False).log_prob(x_next)  # (B, T, Da)
+        total = torch.where(moving, logp, 0.0).sum(dim=(1, 2))  # (B,)
+        if reduce == "sum":
+            return total
+        return total / moving.sum(dim=(1, 2)).clamp(min=1)  # the mean over moving elements
 
     # ------------------------------------------------------------------ training (shared)
     def compute_loss(self, batch: dict, reduction: str = "mean"
                      ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The BC loss: ``loss_terms`` at fresh noise and training times. ``reduction="none"``
         gives it per sample (B,)."""
+        if reduction not in ("mean", "none"):
+            raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
         naction = self.normalizer.normalize(self.config.action_key, batch["action"].float())
         cond = self.encode_obs(batch["obs"])  # (B, Dc)
         per_sample = self.loss_terms(naction, cond, torch.randn_like(naction),
                                      self.draw_train_time(len(naction)))  # (B,)
-        if reduction not in ("mean", "none"):
-            raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
         loss = per_sample.mean() if reduction == "mean" else per_sample
         return loss, {"loss": per_sample.detach().mean()}
 
@@ -384,7 +414,7 @@ def load_model(directory: str | os.PathLike, device: str | torch.device = "cpu")
     except (ValueError, OSError) as exc:  # JSONDecodeError and UnicodeDecodeError are both
         raise ConfigError(f"{config_path}: not a readable JSON config ({exc})") from None
     family = values.get("family") if isinstance(values, dict) else None
-    if family not in MODELS:
+    if not isinstance(family, str) or family not in MODELS:
         raise ConfigError(f"{config_path}: unknown model family {family!r}; known: "
                           f"{sorted(MODELS)}")
     config = MODELS[family].config_class.from_dict(values, where=str(config_path))

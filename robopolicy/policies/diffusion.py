@@ -37,7 +37,6 @@ class DiffusionConfig(ModelConfig):
     beta_schedule: str = "squaredcos_cap_v2"
     prediction_type: str = "epsilon"  # or "sample"
     sampler: str = "ddim"  # or "ddpm" (always its posterior std; eta is DDIM's)
-    num_inference_steps: int = 10  # K
     clip_sample: bool = True  # actions are normalized to [-1, 1]
 
     def validate(self) -> None:
@@ -47,6 +46,9 @@ class DiffusionConfig(ModelConfig):
                                    ("beta_schedule", self.beta_schedule, BETA_SCHEDULES)):
             if value not in known:
                 raise ConfigError(f"{self.family}: unknown {name} {value!r}; known: {list(known)}")
+        if self.sampler == "ddpm" and self.eta != 0.0:
+            raise ConfigError(f"{self.family}: eta={self.eta} is DDIM's; the ddpm sampler always "
+                              "draws with its posterior std (DDIM at eta=1 with K=N is DDPM)")
         if not 1 <= self.num_inference_steps <= self.num_train_timesteps:
             raise ConfigError(f"{self.family}: num_inference_steps={self.num_inference_steps} "
                               f"must be in [1, num_train_timesteps={self.num_train_timesteps}]")
@@ -58,7 +60,9 @@ class DiffusionModel(ActionModel):
 
     def __init__(self, config: DiffusionConfig):
         super().__init__(config)
-        self.noise_scheduler = DDPMScheduler(  # the schedule's source; never stepped
+        # the schedule's source, never stepped; its config (clipping, prediction type) is what
+        # the tests build diffusers' reference schedulers from
+        self.noise_scheduler = DDPMScheduler(
             num_train_timesteps=config.num_train_timesteps, beta_schedule=config.beta_schedule,
             clip_sample=config.clip_sample, prediction_type=config.prediction_type)
         alphas = self.noise_scheduler.alphas_cumprod.clone()
@@ -118,7 +122,8 @@ class DiffusionModel(ActionModel):
         diffusers does (a sample prediction's eps comes from the unclipped x0, as there),
         then the step's Gaussian."""
         t, sqrt_a, sqrt_1ma, w_x0, w_other, std = coef
-        out = (net or self.backbone)(x, t.reshape(i.shape), cond)  # (B, T, Da)
+        net = self.backbone if net is None else net
+        out = net(x, t.reshape(i.shape), cond)  # (B, T, Da)
         if self.config.prediction_type == "epsilon":
             eps, x0 = out, (x - sqrt_1ma * out) / sqrt_a
         else:

@@ -44,7 +44,6 @@ BETA_A = 1.5  # "beta" time sampling: 1 - t ~ Beta(1.5, 1), more weight near the
 @dataclass
 class FlowConfig(ModelConfig):
     family: ClassVar[str] = "flow"
-    num_inference_steps: int = 10  # K
     integrator: str = "euler"
     time_sampling: str = "uniform"
 
@@ -63,7 +62,7 @@ class FlowModel(ActionModel):
     def velocity(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor,
                  net: nn.Module | None = None) -> torch.Tensor:
         """Predicted velocity at x (B, T, Da), times t (), (B,) or (B, T) in [0, 1]."""
-        return (net or self.backbone)(x, TIME_SCALE * t, cond)
+        return (self.backbone if net is None else net)(x, TIME_SCALE * t, cond)
 
     @staticmethod
     def interpolate(naction: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

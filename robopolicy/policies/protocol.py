@@ -1,5 +1,6 @@
 """The one protocol every action model keeps: what training, RL fine-tuning, evaluation, the
-inference engine and the ROS node may call, and nothing else.
+inference engine and the ROS node call (besides the ``nn.Module`` basics: ``forward`` is the
+BC loss, ``to``, ``state_dict``).
 
 An action model is a conditional generator of an action chunk from an observation window,
 sampled by a chain of K transitions. Shapes, everywhere in the code and docs:
@@ -19,15 +20,20 @@ Streaming diffusion adds:
     s   transitions per steady-state call: K / h
 
 The chain. Step ``i`` (0 <= i < K) takes the visited state x_i to x_{i+1}; x_0 is the start
-noise and x_K the clean chunk, in normalized units. ``noise_levels()`` lists, for x_0 .. x_K,
-the weight of the noise in that state (1 = pure noise, 0 = clean): ``sqrt(1 - alpha_bar)``
-for diffusion, ``1 - t`` for flow matching. One transition is a Gaussian,
-``denoise_step(x, i, cond) -> (mean, std)``, with ``i`` one index for the batch (0-d), one per
-sample (B,) or one per horizon element (B, T); streaming diffusion uses -1 for an element that
-holds still during a call. ``eta`` in [0, 1] sets how stochastic a transition is (0:
-deterministic DDIM or the flow ODE; 1: DDPM-like noise, or the flow SDE at full strength) and
-``min_std`` is a floor on ``std`` (DPPO's minimum sampling and likelihood stds); both are
-arguments, so one model rolls out at one setting and evaluates at another. ``sample`` is a
+noise and x_K the result, in normalized units (for streaming, a call's result has chunk 0
+clean and later chunks partly noisy). ``noise_levels()`` lists, for x_0 .. x_K, the weight of
+the noise in that state (0 = clean): ``sqrt(1 - alpha_bar)`` for diffusion, ``1 - t`` for flow
+matching. The start noise is taken to sit at level[0], which is 1 for flow but below 1 for
+diffusion, whose "leading" spacing (as diffusers) starts at train step (K - 1) N / K, not
+N - 1. One transition is a Gaussian, ``denoise_step(x, i, cond) -> (mean, std)``, with ``i``
+one index for the batch (0-d), one per sample (B,) or one per horizon element (B, T);
+streaming diffusion marks an element that holds still during a call at step i by the
+negative index ``-1 - i`` (``base.held_step``), so the network still sees its level. ``eta``
+in [0, 1] sets how stochastic a transition is (0: deterministic DDIM or the flow ODE; 1: the
+DDPM posterior std, or the flow SDE at full strength; the ddpm sampler always draws with its
+posterior std and ignores it) and ``min_std`` is a floor on ``std`` (DPPO's minimum sampling
+and likelihood stds); both are arguments, so one model rolls out at one setting and
+evaluates at another. ``sample`` is a
 loop over ``denoise_step``; every source of randomness is an input (or drawn from
 ``generator``), so a sample is a pure function of (cond, noise, step_noise).
 
@@ -50,7 +56,7 @@ class Chain(NamedTuple):
 
     ``x`` (B, K + 1, T, Da): x[:, 0] the start noise, x[:, -1] the result. ``steps`` (K, ...):
     what ``denoise_step`` received at each transition, 0-d per step (every family but
-    streaming) or (B, T) per element (streaming, -1 where an element held still)."""
+    streaming) or (B, T) per element (streaming, negative where an element held still)."""
 
     x: torch.Tensor
     steps: torch.Tensor
@@ -68,7 +74,8 @@ class ActionModelProtocol(Protocol):
     """What a model family implements (see the module docstring for the vocabulary)."""
 
     config: Any
-    action_dim: int
+    action_dim: int  # Da
+    obs_keys: list[str]  # the observation keys it conditions on
 
     def encode_obs(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
         """Raw observations {key: (B, To, ...)} -> conditioning (B, Dc); once per decision."""
@@ -132,3 +139,9 @@ class ActionModelProtocol(Protocol):
 
     def reset_state(self, state: Any, mask: Any) -> None:
         """Environments in ``mask`` start a new episode at their next call."""
+
+    def fit_normalizer(self, stats: dict[str, dict[str, Any]]) -> None:
+        """Fit the normalizer from dataset statistics; a key without them is an error."""
+
+    def save_pretrained(self, directory: Any) -> Any:
+        """Write the checkpoint directory (``config.json`` + ``model.safetensors``)."""

@@ -28,14 +28,14 @@ import torch
 from torch import nn
 
 from robopolicy.errors import ConfigError
-from robopolicy.policies.base import check_shape, expand_step
+from robopolicy.policies.base import check_shape, expand_step, held_step
 from robopolicy.policies.diffusion import DiffusionConfig, DiffusionModel
+from robopolicy.policies.protocol import Chain
 
 
 @dataclass
 class StreamingConfig(DiffusionConfig):
     family: ClassVar[str] = "streaming"
-    horizon: int = 16
     n_obs_steps: int = 1
     n_action_steps: int = 4
     num_inference_steps: int = 16  # K, a multiple of the number of chunks
@@ -70,9 +70,18 @@ class StreamingConfig(DiffusionConfig):
 class StreamNoise(NamedTuple):
     """Every random draw of one streaming call."""
 
-    steps: torch.Tensor  # (B, n, T, Da): one per transition, n = s (steady) or K (warm-up)
+    transitions: torch.Tensor  # (B, n, T, Da): one per transition, n = s (steady) or K
     new_chunk: torch.Tensor  # (B, Ta, Da): the noise appended at the end after the shift
     past: torch.Tensor  # (B, o, Da): re-noises the kept past steps to chunk 0's level
+
+
+class StreamCall(NamedTuple):
+    """What one streaming call gives back."""
+
+    chunk: torch.Tensor  # (B, T, Da) the denoised buffer: chunk 0 (and the past) clean
+    buffer: torch.Tensor  # (B, T, Da) the buffer for the next call
+    steps_left: torch.Tensor  # (B, T) the staircase, for the next call
+    chain: Chain | None  # the call's transitions, with return_chain
 
 
 @dataclass
@@ -126,24 +135,26 @@ class StreamingDiffusionModel(DiffusionModel):
     def transition(self, x: torch.Tensor, i: torch.Tensor, coef: tuple[torch.Tensor, ...],
                    cond: torch.Tensor, *, min_std: float, net: nn.Module | None
                    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Diffusion's transition with a step index per element (B, T); an element at -1
-        holds still (mean x, std 0)."""
+        """Diffusion's transition with a step index per element (B, T); a held element
+        (``held_step(i)``, negative) is seen by the network at its level and stays (mean x,
+        std 0)."""
         mean, std = super().transition(x, i, coef, cond, min_std=min_std, net=net)
         held = expand_step(i < 0)  # (B, T, 1)
         return torch.where(held, x, mean), torch.where(held, 0.0, std)
 
     def call_schedule(self, steps_left: torch.Tensor, warmup: bool
                       ) -> tuple[list[torch.Tensor], torch.Tensor]:
-        """Step index per element (B, T) of each transition of one call, -1 where an element
-        holds, and the steps left after it. Warm-up moves only the elements above the
-        staircase; each steady transition moves every element by one."""
-        k, s = self.config.num_inference_steps, self.steps_per_call
-        targets = [self.staircase] * (k - s if warmup else 0)
+        """Step index per element (B, T) of each transition of one call (``held_step`` of it
+        where an element holds still), and the steps left after it. Warm-up moves only the
+        elements above the staircase; each steady transition moves every element by one."""
+        n_steps, s = self.config.num_inference_steps, self.steps_per_call
+        targets = [self.staircase] * (n_steps - s if warmup else 0)
         targets += [self.staircase - r - 1 for r in range(s)]
         schedule = []
         for target in targets:  # a fixed count: the loop never looks at the values
             moving = steps_left > target  # (B, T)
-            schedule.append(torch.where(moving, k - steps_left, -1))
+            at = n_steps - steps_left  # the step each element's state sits at
+            schedule.append(torch.where(moving, at, held_step(at)))
             steps_left = steps_left - moving.long()
         return schedule, steps_left
 
@@ -155,36 +166,46 @@ class StreamingDiffusionModel(DiffusionModel):
     # ------------------------------------------------------------------ streaming
     def draw_stream_noise(self, batch_size: int, warmup: bool,
                           generator: torch.Generator | None = None) -> StreamNoise:
+        return StreamNoise(*(torch.randn(shape, generator=generator,
+                                         device=self.alphas_cumprod.device)
+                             for shape in self.stream_noise_shapes(batch_size, warmup)))
+
+    def stream_noise_shapes(self, batch_size: int, warmup: bool) -> list[tuple[int, ...]]:
         n = self.config.num_inference_steps if warmup else self.steps_per_call
         _, horizon, da = self.chunk_shape(batch_size)
-        kwargs = {"generator": generator, "device": self.alphas_cumprod.device}
-        return StreamNoise(torch.randn(batch_size, n, horizon, da, **kwargs),
-                           torch.randn(batch_size, self.config.n_action_steps, da, **kwargs),
-                           torch.randn(batch_size, self.config.n_past, da, **kwargs))
+        return [(batch_size, n, horizon, da), (batch_size, self.config.n_action_steps, da),
+                (batch_size, self.config.n_past, da)]
 
     def stream(self, x: torch.Tensor, steps_left: torch.Tensor, cond: torch.Tensor,
                noise: StreamNoise, *, warmup: bool, eta: float | None = None,
-               min_std: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """One call: (chunk (B, T, Da) with chunk 0 clean, next buffer, next steps left).
-        ``warmup`` for rows that start an episode (x pure noise, K steps left everywhere);
-        steady rows pass through the warm-up untouched."""
+               min_std: float = 0.0, return_chain: bool = False,
+               finetuned: nn.Module | None = None, finetune_steps: int = 0) -> StreamCall:
+        """One call: the chunk (B, T, Da) with chunk 0 clean, the next buffer and steps
+        left. ``warmup`` for a batch with rows that start an episode (x pure noise, K steps
+        left everywhere); steady rows pass through the warm-up untouched. ``finetuned`` runs
+        the last ``finetune_steps`` transitions, as in ``sample``."""
         num_steps, eta = self.resolve(None, eta)
-        schedule, steps_left = self.call_schedule(steps_left, warmup)
-        check_shape("noise.steps", noise.steps, (len(x), len(schedule), *x.shape[1:]))
-        x, _ = self.run_chain(x, schedule, cond, noise.steps, num_steps=num_steps, eta=eta,
-                              min_std=min_std)
-        return (x, *self.shift(x, steps_left, noise))
+        for name, value, shape in zip(StreamNoise._fields, noise,
+                                      self.stream_noise_shapes(len(x), warmup), strict=True):
+            check_shape(f"noise.{name}", value, shape)
+        schedule, next_left = self.call_schedule(steps_left, warmup)
+        chunk, visited = self.run_chain(x, schedule, cond, noise.transitions,
+                                        num_steps=num_steps, eta=eta, min_std=min_std,
+                                        finetuned=finetuned, finetune_steps=finetune_steps)
+        chain = Chain(torch.stack(visited, 1), torch.stack(schedule)) if return_chain else None
+        return StreamCall(chunk, *self.shift(chunk, next_left, noise), chain)
 
     def shift(self, x: torch.Tensor, steps_left: torch.Tensor, noise: StreamNoise
               ) -> tuple[torch.Tensor, torch.Tensor]:
         """Drop the executed chunk, append fresh noise, re-noise the kept past steps to the
         level of chunk 0 (s transitions left)."""
         ta, o = self.config.n_action_steps, self.config.n_past
-        k, s = self.config.num_inference_steps, self.steps_per_call
+        n_steps, s = self.config.num_inference_steps, self.steps_per_call
         x = torch.cat([x[:, ta:], noise.new_chunk], dim=1)  # (B, T, Da)
-        steps_left = torch.cat([steps_left[:, ta:], torch.full_like(steps_left[:, :ta], k)], 1)
+        steps_left = torch.cat([steps_left[:, ta:],
+                                torch.full_like(steps_left[:, :ta], n_steps)], 1)
         if o:
-            level = torch.full((), k - s, device=x.device)  # a fill, not a host-to-device copy
+            level = torch.full((), n_steps - s, device=x.device)  # a fill, not a host copy
             past = self.noised(x[:, :o], level, noise.past)  # (B, o, Da)
             x = torch.cat([past, x[:, o:]], dim=1)
             steps_left = torch.cat([torch.full_like(steps_left[:, :o], s), steps_left[:, o:]], 1)
@@ -215,10 +236,11 @@ class StreamingDiffusionModel(DiffusionModel):
         if noise is None:
             noise = torch.randn(self.chunk_shape(len(ids)), device=cond.device)
         x = torch.where(start.view(-1, 1, 1), noise, state.x[ids])  # (B, T, Da)
-        left = torch.where(start.view(-1, 1), self.config.num_inference_steps,
-                           state.steps_left[ids])  # (B, T)
+        steps_left = torch.where(start.view(-1, 1), self.config.num_inference_steps,
+                                 state.steps_left[ids])  # (B, T)
         warmup = bool(starting.any())
-        naction, state.x[ids], state.steps_left[ids] = self.stream(
-            x, left, cond, self.draw_stream_noise(len(ids), warmup), warmup=warmup)
+        call = self.stream(x, steps_left, cond, self.draw_stream_noise(len(ids), warmup),
+                           warmup=warmup)
+        state.x[ids], state.steps_left[ids] = call.buffer, call.steps_left
         state.new_episode[ids] = False
-        return self.chunk_actions(naction)
+        return self.chunk_actions(call.chunk)

@@ -24,7 +24,11 @@ def tiny(config_cls, **extra):
 CASES = {
     "diffusion": lambda: tiny(DiffusionConfig, num_inference_steps=3, eta=0.5),
     "flow": lambda: tiny(FlowConfig, num_inference_steps=3, eta=0.5, integrator="midpoint"),
-    "streaming": lambda: tiny(StreamingConfig, num_inference_steps=4, eta=0.5),
+    # the UNet's per-element path and the re-noised past (To = 3) in the graph
+    "streaming": lambda: tiny(StreamingConfig, num_inference_steps=4, eta=0.5, horizon=8,
+                              n_obs_steps=3, n_action_steps=3, backbone="unet",
+                              backbone_kwargs={"down_dims": (16, 32),
+                                               "diffusion_step_embed_dim": 16}),
 }
 
 
@@ -33,14 +37,14 @@ def reference_call(model, device="cpu"):
     g = torch.Generator(device).manual_seed(0)
     cond = torch.randn(B, model.obs_encoder.out_dim, generator=g, device=device)
     if model.config.family == "streaming":  # the steady-state call
-        x = torch.randn(B, 4, 2, generator=g, device=device)
+        x = torch.randn(B, model.config.horizon, 2, generator=g, device=device)
         left = model.staircase.expand(B, -1).clone()
         noise = model.draw_stream_noise(B, warmup=False, generator=g)
 
-        def call(x, left, cond, steps, new_chunk, past):
-            chunk, x_next, left_next = model.stream(
-                x, left, cond, type(noise)(steps, new_chunk, past), warmup=False)
-            return torch.cat([chunk, x_next], dim=1), left_next
+        def call(x, left, cond, transitions, new_chunk, past):
+            out = model.stream(x, left, cond, type(noise)(transitions, new_chunk, past),
+                               warmup=False)
+            return torch.cat([out.chunk, out.buffer], dim=1), out.steps_left
 
         return call, (x, left, cond, *noise)
     k = model.config.num_inference_steps

@@ -286,16 +286,18 @@ def test_chain_log_prob_equals_a_direct_normal(name, reduce):
         expected = []
         for r, i in enumerate(chain.steps):
             mean, std = model.denoise_step(chain.x[:, r], i, cond, eta=eta, min_std=min_std)
-            moving = (i >= 0).reshape(*i.shape, *(1,) * (3 - i.dim()))  # streaming holds
-            std = torch.where(moving, std, 1.0)  # held elements add nothing
-            logp = torch.distributions.Normal(mean, std).log_prob(chain.x[:, r + 1])
-            logp = torch.where(moving, logp, 0.0)
-            expected.append(logp.sum((1, 2)) if reduce == "sum" else logp.mean((1, 2)))
+            moving = (i >= 0).reshape(*i.shape, *(1,) * (3 - i.dim())).expand_as(mean)
+            logp = torch.stack([  # element by element, over the moving ones only
+                torch.distributions.Normal(mean[b][moving[b]], std[b][moving[b]]).log_prob(
+                    chain.x[b, r + 1][moving[b]]) for b in range(3)])
+            expected.append(logp.sum(1) if reduce == "sum" else logp.mean(1))
     k = model.config.num_inference_steps
     assert got.shape == (3, k) and torch.isfinite(got).all()
     torch.testing.assert_close(got, torch.stack(expected, 1))
     last = model.chain_log_prob(chain.last(2), cond, reduce=reduce, eta=eta, min_std=min_std)
     torch.testing.assert_close(last, got[:, -2:])
+    none = model.chain_log_prob(chain.last(0), cond, reduce=reduce, eta=eta, min_std=min_std)
+    assert none.shape == (3, 0)
 
 
 def test_log_prob_has_gradients_for_the_finetuned_net_only():
@@ -329,6 +331,8 @@ def test_eta_and_std_floor():
             model.sample(cond, step_noise=torch.zeros(2, 9, 4, 2))
     with pytest.raises(ConfigError, match=r"eta=-0.1 must be in \[0, 1\]"):
         build(DiffusionConfig(**common(eta=-0.1)))
+    with pytest.raises(ConfigError, match="eta=0.5 is DDIM's; the ddpm sampler always draws"):
+        build(DiffusionConfig(**common(sampler="ddpm", eta=0.5)))
 
 
 @pytest.mark.parametrize("name", ["ddim", "euler", "streaming"])
@@ -410,7 +414,7 @@ def test_every_family_keeps_the_protocol(family):
 
 @pytest.mark.parametrize("family", sorted(MODELS))
 def test_checkpoint_round_trip_gives_identical_actions(tmp_path, family):
-    config = {"diffusion": CHAINS["ddpm"], "flow": CHAINS["midpoint"],
+    config = {"diffusion": CHAINS["ddim_sample"], "flow": CHAINS["midpoint"],
               "streaming": CHAINS["streaming"]}[family]()
     config.eta = 0.3
     model = build(config)

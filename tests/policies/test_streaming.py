@@ -90,9 +90,10 @@ def test_a_call_is_a_pure_function_of_its_inputs():
         first = model.stream(x, left, cond, noise, warmup=False)
         torch.manual_seed(99)  # no hidden draw from the global stream
         again = model.stream(x, left, cond, noise, warmup=False)
-    for a, b in zip(first, again, strict=True):
+    for a, b in zip(first[:3], again[:3], strict=True):
         assert torch.equal(a, b)
-    chunk, x_next, left_next = first
+    chunk, x_next, left_next, chain = first
+    assert chain is None
     s, k = model.steps_per_call, model.config.num_inference_steps
     assert torch.equal(left_next, left)  # back on the staircase
     torch.testing.assert_close(x_next[:, :2], chunk[:, 2:])  # the buffer moved by Ta = 2
@@ -108,14 +109,14 @@ def test_steady_rows_pass_through_a_warm_up_untouched():
     k, s = model.config.num_inference_steps, model.steps_per_call
     g = torch.Generator().manual_seed(1)
     warm_steps = torch.randn(3, k, 4, 2, generator=g)
-    warm_steps[:, k - s:] = steady_noise.steps  # the same noise where the steady rows move
+    warm_steps[:, k - s:] = steady_noise.transitions  # the same noise where steady rows move
     warm = StreamNoise(warm_steps, steady_noise.new_chunk, steady_noise.past)
     x_new, left_new = x.clone(), left.clone()
     x_new[1], left_new[1] = torch.randn(4, 2, generator=g), k  # row 1 starts an episode
     with torch.no_grad():
         mixed = model.stream(x_new, left_new, cond, warm, warmup=True)
         steady = model.stream(x, left, cond, steady_noise, warmup=False)
-    for a, b in zip(mixed, steady, strict=True):
+    for a, b in zip(mixed[:3], steady[:3], strict=True):
         torch.testing.assert_close(a[[0, 2]], b[[0, 2]], rtol=0, atol=0)
     assert not torch.allclose(mixed[0][1], steady[0][1])  # row 1 came from its own noise
     assert torch.equal(mixed[2][1], left[1])  # the new row ends on the staircase too
@@ -126,7 +127,7 @@ def test_the_past_is_renoised_to_chunk_zeros_level():
     x, left, cond, noise = steady_inputs(model)
     x, left = torch.randn(3, 5, 2), model.staircase.expand(3, -1).clone()
     with torch.no_grad():
-        chunk, x_next, left_next = model.stream(x, left, cond, noise, warmup=False)
+        chunk, x_next, left_next, _ = model.stream(x, left, cond, noise, warmup=False)
     k, s = model.config.num_inference_steps, model.steps_per_call
     expected = model.noised(chunk[:, 2:3], torch.tensor(k - s), noise.past)
     torch.testing.assert_close(x_next[:, :1], expected)
@@ -164,3 +165,45 @@ def test_checkpoint_round_trip_and_config_checks(tmp_path):
         StreamingDiffusionModel(config(horizon=7, n_obs_steps=4, num_inference_steps=4))
     with pytest.raises(ValueError, match="the chain has num_inference_steps = 10"):
         model.sample(model.encode_obs(obs), num_steps=5)
+
+
+def test_held_elements_are_seen_at_their_own_level():
+    """During a warm-up, an element that holds still is shown to the network at the noise
+    level it sits at (as every moving one is), not at some other step's."""
+    model = build(horizon=8, n_action_steps=2, num_inference_steps=8)  # h = 4, s = 2
+    seen = []
+    model.backbone.register_forward_pre_hook(lambda module, args: seen.append(args[1].clone()))
+    k = model.config.num_inference_steps
+    left = torch.full((1, 8), k)
+    with torch.no_grad():
+        call = model.stream(torch.randn(1, 8, 2), left, torch.randn(1, model.obs_encoder.out_dim),
+                            model.draw_stream_noise(1, warmup=True), warmup=True,
+                            return_chain=True)
+    timesteps = model.timesteps(k)
+    assert len(seen) == k == len(call.chain.steps)
+    for t, i in zip(seen, call.chain.steps, strict=True):
+        at = torch.where(i < 0, -1 - i, i)  # the step each element sits at
+        assert torch.equal(t, timesteps[at].float())
+    held = (call.chain.steps < 0).sum(dim=(1, 2))  # held elements per transition
+    assert held.tolist() == [2, 2, 4, 4, 6, 6, 0, 0]  # chunks reach the staircase one by one
+    assert torch.equal(call.steps_left[0], model.staircase)
+
+
+def test_stream_checks_every_noise_and_runs_a_finetuned_tail():
+    import copy
+
+    model = build()
+    x, left, cond, noise = steady_inputs(model)
+    bad = noise._replace(new_chunk=torch.zeros(3, 1, 2))
+    with pytest.raises(ValueError, match=r"noise.new_chunk must have shape \(3, 2, 2\)"):
+        model.stream(x, left, cond, bad, warmup=False)
+    tuned = copy.deepcopy(model.backbone)
+    torch.nn.init.normal_(tuned.out[1].weight)
+    with torch.no_grad():
+        base = model.stream(x, left, cond, noise, warmup=False, return_chain=True)
+        last = model.stream(x, left, cond, noise, warmup=False, return_chain=True,
+                            finetuned=tuned, finetune_steps=2)
+    s = model.steps_per_call
+    torch.testing.assert_close(last.chain.x[:, :s - 1], base.chain.x[:, :s - 1], rtol=0, atol=0)
+    assert not torch.allclose(last.chunk, base.chunk)
+    assert base.chain.x.shape == (3, s + 1, 4, 2) and torch.equal(base.chain.x[:, -1], base.chunk)
