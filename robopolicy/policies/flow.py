@@ -21,7 +21,7 @@ gives
 (``v_step`` the integrator's velocity, ``v`` the one at (x, t)). g vanishes at the data end
 like the noise left in x_t does, so the correction stays finite where the score does not and
 the last steps add little noise (g proportional to sqrt(1 - t) instead leaves the last step's
-noise, 0.14 at K = 10, in every sample, and a quarter of the toy's samples between the modes).
+noise, 0.14 at K = 10, in every sample).
 """
 
 from __future__ import annotations

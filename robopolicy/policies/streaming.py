@@ -148,8 +148,9 @@ class StreamingDiffusionModel(DiffusionModel):
         where an element holds still), and the steps left after it. Warm-up moves only the
         elements above the staircase; each steady transition moves every element by one."""
         n_steps, s = self.config.num_inference_steps, self.steps_per_call
-        targets = [self.staircase] * (n_steps - s if warmup else 0)
-        targets += [self.staircase - r - 1 for r in range(s)]
+        staircase = self.staircase  # (T,)
+        targets = [staircase] * (n_steps - s if warmup else 0)
+        targets += [staircase - r - 1 for r in range(s)]
         schedule = []
         for target in targets:  # a fixed count: the loop never looks at the values
             moving = steps_left > target  # (B, T)
