@@ -1,5 +1,6 @@
-"""Simulation speed: env steps/s per task (low-dim and with images) and vector-env scaling
-(1 vs 2 subprocess workers, measured in the same run). One JSON line per result."""
+"""Simulation speed: env steps/s per task (low-dim and with images), the native arm against
+robosuite on the same task (interleaved, so machine load hits both alike), and vector-env
+scaling (1 vs 2 subprocess workers, measured in the same run). One JSON line per result."""
 
 from __future__ import annotations
 
@@ -13,24 +14,48 @@ from robopolicy.sim.core import make_env, task_names
 from robopolicy.sim.vector import VectorEnv
 
 
+def _timed_steps(env, rng: np.random.Generator, n_steps: int) -> float:
+    """Steps/s of ``n_steps`` random actions (resets excluded from the timing)."""
+    elapsed = 0.0
+    for _ in range(n_steps):
+        action = rng.uniform(env.action_space.low, env.action_space.high)
+        start = time.perf_counter()
+        _, _, terminated, truncated, _ = env.step(action)
+        elapsed += time.perf_counter() - start
+        if terminated or truncated:
+            env.reset()
+    return n_steps / elapsed
+
+
 def env_steps_per_s(task: str, n_steps: int, images: bool, repeats: int = 3) -> float:
     """Median single-env steps/s with random actions (resets excluded from the timing)."""
     env = make_env(task, images=images)
     rng = np.random.default_rng(0)
     env.reset(seed=0)
-    rates = []
-    for _ in range(repeats):
-        elapsed = 0.0
-        for _ in range(n_steps):
-            action = rng.uniform(env.action_space.low, env.action_space.high)
-            start = time.perf_counter()
-            _, _, terminated, truncated, _ = env.step(action)
-            elapsed += time.perf_counter() - start
-            if terminated or truncated:
-                env.reset()
-        rates.append(n_steps / elapsed)
+    rates = [_timed_steps(env, rng, n_steps) for _ in range(repeats)]
     env.close()
     return statistics.median(rates)
+
+
+def paired_speedup(task: str, reference: str, n_steps: int, blocks: int = 5) -> dict:
+    """Low-dim steps/s of ``task`` and ``reference`` in alternating blocks, and the median of
+    the per-block ratios: load on a shared machine slows both sides of each pair alike."""
+    envs = {name: make_env(name) for name in (task, reference)}
+    rng = np.random.default_rng(0)
+    for env in envs.values():
+        env.reset(seed=0)
+        _timed_steps(env, rng, max(n_steps // 10, 1))  # warm up (caches, first contacts)
+    rates = {name: [] for name in envs}
+    for _ in range(blocks):
+        for name, env in envs.items():
+            rates[name].append(_timed_steps(env, rng, n_steps))
+    for env in envs.values():
+        env.close()
+    ratios = [a / b for a, b in zip(rates[task], rates[reference], strict=True)]
+    return {"bench": "sim.paired_speedup", "task": task, "reference": reference,
+            "steps_per_s": round(statistics.median(rates[task]), 1),
+            "reference_steps_per_s": round(statistics.median(rates[reference]), 1),
+            "speedup": round(statistics.median(ratios), 2)}
 
 
 def vector_steps_per_s(task: str, n_envs: int, n_steps: int) -> float:
@@ -48,7 +73,8 @@ def vector_steps_per_s(task: str, n_envs: int, n_steps: int) -> float:
 
 
 def run(workdir: str | None = None, quick: bool = False, tasks: list[str] | None = None,
-        scaling_task: str = "lift") -> list[dict]:
+        scaling_task: str = "panda_lift", compare: tuple[str, str] = ("panda_lift", "lift")
+        ) -> list[dict]:
     """Print and return the simulation benchmarks (``workdir`` is unused: nothing is written)."""
     results = []
     for task in tasks or task_names():
@@ -58,6 +84,8 @@ def run(workdir: str | None = None, quick: bool = False, tasks: list[str] | None
                         "lowdim_steps_per_s": round(lowdim, 1),
                         "image_steps_per_s": round(image, 1)})
         print(json.dumps(results[-1]), flush=True)
+    results.append(paired_speedup(*compare, n_steps=50 if quick else 300))
+    print(json.dumps(results[-1]), flush=True)
     n = 100 if quick else 1000
     one, two = vector_steps_per_s(scaling_task, 1, n), vector_steps_per_s(scaling_task, 2, n)
     results.append({"bench": "sim.vector_scaling", "task": scaling_task,

@@ -7,6 +7,8 @@ A task is a gymnasium ``Env`` (``reset(seed=...)``, ``step(action)``, ``observat
   camera images ``(H, W, 3) uint8``, right side up;
 - ``info["success"]`` on every step, and ``info["reward_terms"]``: the named reward terms,
   raw, which ``reward_weights`` combine into the scalar reward;
+- ``info["failure"]``: '' or why the episode just ended as a failure (a joint limit, a
+  self-collision, unstable physics), which terminates it;
 - ``fps`` (control rate, Hz), ``max_episode_steps``, ``robot`` and ``task`` names, which the
   episode store records;
 - deterministic seeding: the same seed gives the same initial state and, with the same
@@ -44,6 +46,7 @@ class TaskEnv(gym.Env):
     task: str = ""
     reward_weights: Mapping[str, float] = {}  # a term missing here has weight 1
     terminate_on_success: bool = True
+    failure: str = ""  # set by _step: why the episode ends as a failure now, or ''
 
     def __init__(self) -> None:
         self.render_mode = "rgb_array"
@@ -80,13 +83,15 @@ class TaskEnv(gym.Env):
         if not np.isfinite(action).all():
             raise SimError(f"{self.task}: action contains NaN or Inf: {action.tolist()}")
         action = np.clip(action, self.action_space.low, self.action_space.high)
+        self.failure = ""
         obs, terms, success = self._step(action)
         self._t += 1
         reward = float(sum(self.reward_weights.get(k, 1.0) * v for k, v in terms.items()))
-        terminated = bool(success and self.terminate_on_success)
+        terminated = bool(success and self.terminate_on_success) or bool(self.failure)
         truncated = self._t >= self.max_episode_steps and not terminated
         return obs, reward, terminated, truncated, {"success": bool(success),
-                                                    "reward_terms": dict(terms)}
+                                                    "reward_terms": dict(terms),
+                                                    "failure": self.failure}
 
 
 class ScriptedExpert:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -54,7 +55,9 @@ def summarize(task: str, episodes: list[Episode], seed: int, seconds: float) -> 
             "success_ci95": [low, high],
             "mean_return": float(np.mean([e.ret for e in episodes])) if episodes else 0.0,
             "episode_lengths": [e.length for e in episodes],
-            "successes": successes, "seconds": round(seconds, 2)}
+            "successes": successes, "seconds": round(seconds, 2),
+            # episodes the env ended as failures, by kind ("self_collision", ...)
+            "failures": dict(Counter(e.failure.split(":")[0] for e in episodes if e.failure))}
 
 
 def evaluate(policy: Policy, task: str, n_episodes: int = 50, seed: int = 0, n_envs: int = 1,

@@ -8,11 +8,19 @@ reads, so one core runs thousands of control steps a second.
 
 from __future__ import annotations
 
+import logging
+
 import mujoco
 import numpy as np
 from gymnasium import spaces
 
 from robopolicy.sim.core import SimError, TaskEnv
+
+_LOG = logging.getLogger("robopolicy.sim")
+# MuJoCo's default warning handler prints and appends to MUJOCO_LOG.TXT in the working
+# directory; an unstable episode is an ordinary event here (it ends as a failure), so its
+# warnings go to the log instead.
+mujoco.set_mju_user_warning(lambda message: _LOG.warning("MuJoCo: %s", message))
 
 # The checker floor and sky gradient every native scene uses (MJCF <asset> children).
 BACKDROP_TEXTURES = """\
@@ -36,15 +44,15 @@ class NativeTaskEnv(TaskEnv):
     """A task on one MJCF model: subclasses build their observation dict and reward terms;
     this class owns the model, the substepping and the cameras.
 
-    ``camera`` names the fixed camera used both for the ``scene_image`` observation (when
-    ``images=True``) and for :meth:`render`.
+    ``cameras`` maps each image observation key (present when ``images=True``) to a camera
+    of the model; the first camera is also the one :meth:`render` shows.
     """
 
-    camera: str = "scene"
-    image_key: str = "scene_image"
+    cameras: dict[str, str] = {"scene_image": "scene"}
 
-    def __init__(self, xml: str, substeps: int, images: bool = False, image_size: int = 84,
-                 render_size: int = 256, max_episode_steps: int | None = None) -> None:
+    def __init__(self, model: str | mujoco.MjModel, substeps: int, images: bool = False,
+                 image_size: int = 84, render_size: int = 256,
+                 max_episode_steps: int | None = None) -> None:
         super().__init__()
         if image_size < 1 or render_size < 1:
             raise SimError(f"{self.task}: image_size and render_size must be positive, got "
@@ -54,7 +62,8 @@ class NativeTaskEnv(TaskEnv):
                 raise SimError(f"{self.task}: max_episode_steps must be >= 1, got "
                                f"{max_episode_steps}")
             self.max_episode_steps = int(max_episode_steps)
-        self.model = mujoco.MjModel.from_xml_string(xml)
+        # An MJCF string, or a model a task composed with mujoco.MjSpec.
+        self.model = mujoco.MjModel.from_xml_string(model) if isinstance(model, str) else model
         self.data = mujoco.MjData(self.model)
         self.substeps = substeps
         # fps follows from the model's timestep, so the two can never disagree.
@@ -62,7 +71,8 @@ class NativeTaskEnv(TaskEnv):
         self.images = images
         self.image_size = image_size
         self.render_size = render_size
-        self._camera_id = self._id(mujoco.mjtObj.mjOBJ_CAMERA, self.camera)
+        self._camera_ids = {key: self._id(mujoco.mjtObj.mjOBJ_CAMERA, name)
+                            for key, name in self.cameras.items()}
         # Renderers are created on first use: GL contexts are costly, and low-dim envs never
         # need one. Keyed by size, since the observation and the video frame can differ.
         self._renderers: dict[int, mujoco.Renderer] = {}
@@ -82,25 +92,30 @@ class NativeTaskEnv(TaskEnv):
         """Zero the whole physics state, so an episode depends only on what _reset sets."""
         mujoco.mj_resetData(self.model, self.data)
 
-    def _frame(self, size: int) -> np.ndarray:
-        """The camera view at ``size`` x ``size``, (H, W, 3) uint8, right side up."""
+    def _frame(self, size: int, key: str | None = None) -> np.ndarray:
+        """The view of camera ``key`` (default: the first) at ``size`` x ``size``, (H, W, 3)
+        uint8, right side up."""
         renderer = self._renderers.get(size)
         if renderer is None:
             # The offscreen buffer must hold the largest frame asked for.
             vis = self.model.vis.global_
             vis.offwidth, vis.offheight = max(vis.offwidth, size), max(vis.offheight, size)
             renderer = self._renderers[size] = mujoco.Renderer(self.model, size, size)
-        renderer.update_scene(self.data, camera=self._camera_id)
+        camera = self._camera_ids[key or next(iter(self.cameras))]
+        renderer.update_scene(self.data, camera=camera)
         return renderer.render()  # a fresh array: callers may keep it
 
     def _with_images(self, obs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """``obs`` plus the camera observation when the env was built with images."""
         if self.images:
-            obs[self.image_key] = self._frame(self.image_size)
+            for key in self.cameras:
+                obs[key] = self._frame(self.image_size, key)
         return obs
 
     def _image_spaces(self) -> dict[str, spaces.Box]:
-        return {self.image_key: image_space(self.image_size)} if self.images else {}
+        if not self.images:
+            return {}
+        return {key: image_space(self.image_size) for key in self.cameras}
 
     def render(self) -> np.ndarray:
         """A (render_size, render_size, 3) uint8 frame of the scene camera."""

@@ -37,6 +37,7 @@ class Episode:
     success: bool
     ret: float
     length: int
+    failure: str = ""  # why the env ended it as a failure (info["failure"]), or ''
     obs: dict[str, list] = field(default_factory=dict)
     actions: list[np.ndarray] = field(default_factory=list)
     frames: list[np.ndarray] = field(default_factory=list)
@@ -96,6 +97,7 @@ def run_episodes(env: VectorEnv, policy: Policy, n_episodes: int, seed: int = 0,
                 ep.ret += float(reward[i])
                 ep.length += 1
                 ep.success |= bool(info["success"][i])
+                ep.failure = ep.failure or str(info["failure"][i])
                 done[i] = terminated[i] or truncated[i]
             restart = np.zeros(n, bool)
             for i in np.flatnonzero(done):

@@ -3,6 +3,10 @@
 import pytest
 import torch
 
+# Headless rendering defaults (MUJOCO_GL=egl) must be set before any test module imports
+# mujoco itself: importing robopolicy.sim sets them.
+import robopolicy.sim  # noqa: F401
+
 
 @pytest.fixture(autouse=True, scope="session")
 def one_torch_thread():

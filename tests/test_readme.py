@@ -18,4 +18,6 @@ def test_readme_python_example_runs(tmp_path, monkeypatch):
     assert namespace["obs"]["agentview_image"].shape == (84, 84, 3)
     assert namespace["summary"]["success_rate"] == 1.0
     assert len(list((tmp_path / "runs" / "eval_lift_expert").glob("*.mp4"))) == 2
+    assert namespace["arm_info"]["failure"] == "" and namespace["next_q"].shape == (7,)
+    assert namespace["arm_obs"]["joint_pos"].shape == (7,)
     assert namespace["loss"].ndim == 0 and namespace["policy"].n_obs_steps == 2

@@ -24,7 +24,8 @@ def task_env(request):
 
 
 def test_registry_has_the_promised_tasks():
-    assert {"lift", "pick_place_can", "nut_assembly_square", "reach", "push"} <= set(TASKS)
+    assert {"lift", "pick_place_can", "nut_assembly_square", "reach", "push", "panda_reach",
+            "panda_lift", "panda_place", "ur5e_reach"} <= set(TASKS)
     with pytest.raises(SimError, match="unknown task 'nope'"):
         make_env("nope")
     with pytest.raises(SimError, match="bad override"):
@@ -48,8 +49,12 @@ def test_spaces_attributes_and_random_steps(task_env):
         # the scalar reward is the weighted sum of the named terms (weight 1 when unlisted)
         assert reward == pytest.approx(sum(env.reward_weights.get(k, 1.0) * v
                                            for k, v in terms.items()))
-        assert type(info["success"]) is bool
-        assert terminated == (info["success"] and env.terminate_on_success)
+        assert type(info["success"]) is bool and type(info["failure"]) is str
+        # a failure (a joint limit, a self-collision) ends the episode too
+        assert terminated == ((info["success"] and env.terminate_on_success)
+                              or bool(info["failure"]))
+        if terminated:
+            obs, _ = env.reset()
     with pytest.raises(SimError, match="action has shape"):
         env.step(np.zeros(env.action_space.shape[0] + 1))
     with pytest.raises(SimError, match="NaN"):
