@@ -18,7 +18,7 @@ import mujoco
 import numpy as np
 from gymnasium import spaces
 
-from robopolicy.sim.ik import canonical_quat, quat_error, quat_mul, yaw_quat
+from robopolicy.sim.ik import canonical_quat, quat_error, quat_mul, quat_yaw, yaw_quat
 from robopolicy.sim.native_arm import ArmExpert, ArmTaskEnv
 from robopolicy.sim.native_base import vec_space
 
@@ -29,12 +29,6 @@ CUBE_RANGE = 0.1  # m: cube xy uniform within this of the spot below the home po
 LIFT_HEIGHT = 0.1  # m above its resting height: lift success
 BIN_INNER = 0.07  # m: half-width of the bin's floor
 BIN_WALL = (0.006, 0.03)  # m: wall half-thickness, half-height
-
-
-def yaw_of(quat: np.ndarray) -> float:
-    """Rotation about world z of a (w, x, y, z) quaternion."""
-    w, x, y, z = quat
-    return float(np.arctan2(2.0 * (w * z + x * y), 1.0 - 2.0 * (y * y + z * z)))
 
 
 def reach_shaping(distance: float) -> float:
@@ -234,7 +228,7 @@ class CubeExpert(ArmExpert):
     def grasp_quat(self, obs) -> np.ndarray:
         """Top-down, turned to the cube face nearest the home orientation's yaw (the cube
         looks the same every 90 degrees)."""
-        turn = yaw_of(obs["object_quat"]) - yaw_of(self.home_quat)
+        turn = quat_yaw(obs["object_quat"]) - quat_yaw(self.home_quat)
         turn = (turn + np.pi / 4) % (np.pi / 2) - np.pi / 4
         return quat_mul(yaw_quat(turn), self.home_quat)
 

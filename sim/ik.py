@@ -28,6 +28,12 @@ def quat_error(quat: np.ndarray, target: np.ndarray) -> float:
     return float(2 * np.arccos(np.clip(abs(np.dot(quat, target)), 0.0, 1.0)))
 
 
+def quat_yaw(quat: np.ndarray) -> float:
+    """Rotation about world z of a (w, x, y, z) quaternion."""
+    w, x, y, z = quat
+    return float(np.arctan2(2.0 * (w * z + x * y), 1.0 - 2.0 * (y * y + z * z)))
+
+
 def yaw_quat(yaw: float) -> np.ndarray:
     """The (w, x, y, z) rotation by ``yaw`` about world z."""
     return np.array([np.cos(yaw / 2), 0.0, 0.0, np.sin(yaw / 2)])

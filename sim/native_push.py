@@ -15,6 +15,7 @@ import numpy as np
 from gymnasium import spaces
 
 from robopolicy.sim.core import ScriptedExpert
+from robopolicy.sim.ik import quat_yaw
 from robopolicy.sim.native_base import BACKDROP_TEXTURES, NativeTaskEnv, vec_space
 
 MAX_STEP = 0.02  # metres of commanded pusher motion per control step at |action| = 1
@@ -64,12 +65,6 @@ XML = f"""
   </actuator>
 </mujoco>
 """
-
-
-def _yaw(quat: np.ndarray) -> float:
-    """Rotation about world z of a (w, x, y, z) quaternion."""
-    w, x, y, z = quat
-    return float(np.arctan2(2.0 * (w * z + x * y), 1.0 - 2.0 * (y * y + z * z)))
 
 
 class PushEnv(NativeTaskEnv):
@@ -148,7 +143,7 @@ class PushEnv(NativeTaskEnv):
         return bool((geoms == pair).all(axis=1).any())
 
     def _obs(self) -> dict[str, np.ndarray]:
-        yaw = _yaw(self.data.qpos[self._object_quat])
+        yaw = quat_yaw(self.data.qpos[self._object_quat])
         return self._with_images({
             "pusher_pos": self.data.qpos[self._pusher_q].astype(np.float32),
             "pusher_vel": self.data.qvel[self._pusher_v].astype(np.float32),
