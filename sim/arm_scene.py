@@ -19,6 +19,7 @@ from pathlib import Path
 import mujoco
 import numpy as np
 
+from robopolicy.errors import ConfigError
 from robopolicy.sim.robot import RobotSpec
 
 # 5 ms physics steps (10 per 20 Hz control step), as mujoco_playground's Panda pick task:
@@ -64,6 +65,7 @@ def arm_spec(robot: RobotSpec) -> mujoco.MjSpec:
     gripper = load_spec(robot.mjcf_path(robot.gripper.mjcf))
     spec.body(robot.mount_body).add_frame().attach_body(gripper.body(robot.gripper.root_body),
                                                         "", "")
+    _set_inertials(spec, robot)
     for name, effort, armature in zip(robot.joints, robot.effort, robot.armature, strict=True):
         spec.joint(name).armature = armature
         servo = spec.add_actuator(name=name, target=name,
@@ -94,6 +96,23 @@ def arm_spec(robot: RobotSpec) -> mujoco.MjSpec:
         for second in parts[i + 1:]:
             spec.add_exclude(bodyname1=first.name, bodyname2=second.name)
     return spec
+
+
+def _set_inertials(spec: mujoco.MjSpec, robot: RobotSpec) -> None:
+    """Replace the MJCF's mass properties with the robot table's (``inertials``)."""
+    for name, inertial in robot.inertials.items():
+        body = spec.body(name)
+        if body is None:
+            raise ConfigError(f"robot {robot.name}: inertials names body '{name}', which its "
+                              "arm and gripper MJCF do not have")
+        body.explicitinertial = True
+        body.mass, body.ipos = inertial.mass, inertial.pos
+        # MuJoCo takes one of the two forms: fullinertia NaN or diagonal zeros is unset.
+        if len(inertial.inertia) == 3:
+            body.inertia, body.iquat = inertial.inertia, [1, 0, 0, 0]
+            body.fullinertia = [np.nan] * 6
+        else:
+            body.fullinertia, body.inertia = inertial.inertia, [0.0] * 3
 
 
 def tune_servos(model: mujoco.MjModel, robot: RobotSpec, hz: float = SERVO_HZ) -> None:

@@ -70,6 +70,17 @@ class GripperSpec:
 
 
 @dataclass(frozen=True)
+class Inertial:
+    """A body's mass properties in its own frame, replacing the MJCF's: kg, m, kg m^2.
+    ``inertia`` is the diagonal (3 values) or the full tensor as MJCF's ``fullinertia``
+    (6 values: xx yy zz xy xz yz)."""
+
+    mass: float
+    pos: list[float]
+    inertia: list[float]
+
+
+@dataclass(frozen=True)
 class RobotSpec:
     """One arm. Limits are per joint, in the order of ``joints``: rad, rad/s, rad/s^2, N m."""
 
@@ -88,6 +99,9 @@ class RobotSpec:
     gripper: GripperSpec
     ee_site: str  # in the gripper's MJCF: the tool centre point
     wrist_camera: str = ""  # a camera in the arm's MJCF that looks out of the hand
+    # Mass properties by body name (arm or gripper MJCF), where the bundled MJCF's are not
+    # the robot's: they decide how the joints load each other when the arm moves fast.
+    inertials: dict[str, Inertial] = dataclasses.field(default_factory=dict)
 
     @property
     def dof(self) -> int:
@@ -135,6 +149,10 @@ class RobotSpec:
                               "per gripper joint")
         if np.any(np.asarray(g.open) == np.asarray(g.closed)):
             raise ConfigError(f"{where}: gripper open and closed positions must differ")
+        for body, inertial in self.inertials.items():
+            if inertial.mass < 0 or len(inertial.pos) != 3 or len(inertial.inertia) not in (3, 6):
+                raise ConfigError(f"{where}: inertials.{body} needs mass >= 0, pos (3 values) "
+                                  "and inertia (3 diagonal or 6 full-tensor values)")
 
 
 def _floats(value):

@@ -70,6 +70,9 @@ def test_panda_table_has_the_published_limits():
     ({"velocity": [1.0, 2.0]}, "velocity has 2 values for 7 joints"),
     ({"home": [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]}, "outside the position limits"),
     ({"effort": [87, 87, 87, 87, 12, 12, 0]}, "effort limits must be positive"),
+    ({"inertials": {"link5": {"mass": 1.0, "pos": [0.0, 0.0], "inertia": [0.1] * 3}}},
+     "inertials.link5 needs mass >= 0, pos"),
+    ({"inertials": {"link5": {"mass": 1.0, "pos": [0.0] * 3}}}, "inertia"),
 ])
 def test_bad_robot_tables_are_one_line_errors(tmp_path, edit, message):
     values = yaml.safe_load((ROBOTS_DIR / "panda.yaml").read_text())
@@ -121,6 +124,43 @@ def test_joint_targets_are_tracked_at_the_task_rate():
     for _ in range(10):
         obs, *_ = env.step(np.append(target, 1.0))
     assert np.abs(obs["joint_pos"] - target).max() < 2e-3
+
+
+def test_fast_commands_inside_the_limits_keep_joint_speeds_inside_them():
+    """Far joint targets (home +- 0.6 rad, a new one every 8 steps) make every joint run at
+    its velocity limit with the largest accelerations the table allows. Away from contacts,
+    the servos keep every joint within 5% of its speed limit: with robosuite's placeholder
+    inertias (what the table's ``inertials`` replace) the wrist reached 1.9x its limit."""
+    env = make_env("panda_lift")
+    env.model.opt.disableflags |= mujoco.mjtDisableBit.mjDSBL_CONTACT  # free space only
+    rng = np.random.default_rng(0)
+    home = np.asarray(env.arm.home)
+    worst = np.zeros(7)
+    for episode in range(4):
+        env.reset(seed=episode)
+        for k in range(64):
+            if k % 8 == 0:
+                target = home + rng.uniform(-0.6, 0.6, 7)
+            obs, _, _, _, info = env.step(np.append(target, 1.0))
+            assert not info["failure"], info["failure"]
+            worst = np.maximum(worst, np.abs(obs["joint_vel"]) / env.arm.max_velocity)
+    assert worst.max() < 1.05, worst
+    assert worst.min() > 0.9, worst  # every joint was driven to its limit
+
+
+def test_robot_table_sets_the_mass_properties(tmp_path):
+    env = make_env("panda_reach")
+    for body, inertial in env.arm.inertials.items():
+        assert env.model.body(body).mass[0] == pytest.approx(inertial.mass), body
+        np.testing.assert_allclose(env.model.body(body).ipos, inertial.pos, err_msg=body)
+    principal = np.sort(env.model.body("link5").inertia)  # from the full tensor
+    np.testing.assert_allclose(principal, [0.00803, 0.02885, 0.03676], atol=1e-5)
+    table = yaml.safe_load((ROBOTS_DIR / "panda.yaml").read_text())
+    table["inertials"] = {"no_such_body": {"mass": 1.0, "pos": [0.0] * 3, "inertia": [1.0] * 3}}
+    path = tmp_path / "robot.yaml"
+    path.write_text(yaml.safe_dump(table))
+    with pytest.raises(ConfigError, match="inertials names body 'no_such_body'"):
+        arm_spec(load_robot(path))
 
 
 def test_gravity_is_compensated():
@@ -227,6 +267,39 @@ def test_expert_drives_delta_joint_control_too():
     assert np.abs(obs["joint_pos"] - start).max() < 2e-3
 
 
+def lowest_point(env, geom: int) -> float:
+    """Height of a mesh or box geom's lowest corner above the table top (z = 0)."""
+    m, d = env.model, env.data
+    if m.geom_type[geom] == mujoco.mjtGeom.mjGEOM_MESH:
+        start, count = m.mesh_vertadr[m.geom_dataid[geom]], m.mesh_vertnum[m.geom_dataid[geom]]
+        local = m.mesh_vert[start:start + count]  # (V, 3)
+    else:
+        local = m.geom_size[geom] * np.array(np.meshgrid(*[[-1, 1]] * 3)).reshape(3, -1).T
+    world = local @ d.geom_xmat[geom].reshape(3, 3).T + d.geom_xpos[geom]  # (V, 3)
+    return float(world[:, 2].min())
+
+
+def test_lift_expert_grips_with_the_fingertips_clear_of_the_table():
+    """A policy copies the expert's grasp height with an error of millimetres: the expert
+    grips high enough on the cube that its fingertips stay over 1 cm above the table (they
+    were 6 mm above it when it gripped below the cube's centre)."""
+    env = make_env("panda_lift")
+    fingers = [g for g in range(env.model.ngeom) if env._gripper_geom[g]
+               and env.model.geom_contype[g] | env.model.geom_conaffinity[g]]
+    clearance = np.inf
+    for seed in range(3):
+        expert = make_expert("panda_lift", env.action_space, seed=seed)
+        obs, _ = env.reset(seed=seed)
+        expert.reset(obs)
+        for _ in range(60):
+            obs, _, terminated, _, info = env.step(expert.act(obs))
+            clearance = min(clearance, *(lowest_point(env, g) for g in fingers))
+            if terminated:
+                break
+        assert info["success"]
+    assert 0.01 < clearance < 0.03, clearance
+
+
 def test_lift_reward_terms_follow_the_grasp():
     env = make_env("panda_lift")
     expert = make_expert("panda_lift", env.action_space, seed=0)
@@ -309,8 +382,10 @@ def test_sim_bench_compares_the_native_arm_with_robosuite(capsys):
     assert main(["sim", "bench", "--tasks", "panda_reach", "--quick"]) == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [r["bench"] for r in lines] == ["sim.env_steps", "sim.paired_speedup",
-                                           "sim.vector_scaling"]
+                                           "sim.vector_scaling", "sim.vector_scaling"]
     paired = lines[1]
     assert (paired["task"], paired["reference"]) == ("panda_lift", "lift")
     assert paired["steps_per_s"] > 0 and paired["reference_steps_per_s"] > 0
-    assert lines[2]["task"] == "panda_lift"
+    assert [(r["task"], r["envs_per_worker"]) for r in lines[2:]] == [("panda_lift", 1),
+                                                                      ("panda_lift", 8)]
+    assert all(r["steps_per_s_2_workers"] > 0 for r in lines[2:])

@@ -81,3 +81,47 @@ def test_in_process_envs_match_subprocess_ones():
             b = remote.step(act)[0]
         for key in a:
             np.testing.assert_allclose(a[key], b[key], err_msg=key)
+
+
+def test_blocks_of_envs_per_worker_match_in_process_envs():
+    """4 envs in 2 workers (2 each): env i is seeded seed + i and steps exactly as the same
+    env in this process; autoreset's final_obs lands at the right index in either block."""
+    actions = np.random.default_rng(1).uniform(-1, 1, (7, 4, 3))
+    runs = []
+    for kwargs in ({"n_workers": 2}, {"subprocess": False}):
+        with VectorEnv("reach", 4, max_episode_steps=5, **kwargs) as env:
+            assert len(worker_processes(env)) == (2 if "n_workers" in kwargs else 0)
+            obs, _ = env.reset(seed=3)
+            log = [obs]
+            for act in actions:
+                obs, reward, terminated, truncated, info = env.step(act)
+                log.append((obs, reward, truncated, info))
+            runs.append(log)
+    blocks, local = runs
+    single = make_env("reach", max_episode_steps=5)
+    for i in range(4):
+        expected, _ = single.reset(seed=3 + i)
+        np.testing.assert_array_equal(blocks[0]["goal_pos"][i], expected["goal_pos"])
+    for a, b in zip(blocks[1:], local[1:], strict=True):
+        for key in a[0]:
+            np.testing.assert_allclose(a[0][key], b[0][key], err_msg=key)
+        np.testing.assert_allclose(a[1], b[1])
+    ended = blocks[5]  # every env's 5th step
+    assert ended[2].all() and ended[3]["_final_obs"].all()
+    for i in range(4):
+        np.testing.assert_array_equal(ended[3]["final_obs"][i]["goal_pos"],
+                                      blocks[4][0]["goal_pos"][i])
+
+
+def test_masked_reset_touches_only_the_masked_envs():
+    with VectorEnv("reach", 3, autoreset=False, n_workers=2) as env:
+        first, _ = env.reset(seed=0)
+        again, info = env.reset(seed=[None, 50, None], mask=np.array([False, True, False]))
+        np.testing.assert_array_equal(again["goal_pos"][[0, 2]], first["goal_pos"][[0, 2]])
+        expected, _ = make_env("reach").reset(seed=50)
+        np.testing.assert_array_equal(again["goal_pos"][1], expected["goal_pos"])
+        assert info["_success"].tolist() == [False, True, False]
+        with pytest.raises(SimError, match="one seed and one mask entry per env"):
+            env.reset(seed=[1, 2])
+        with pytest.raises(SimError, match=r"expected \(3, \.\.\.\)"):
+            env.step(np.zeros((2, 3)))
