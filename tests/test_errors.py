@@ -83,7 +83,8 @@ CHECKPOINT_CASES = [
     ("config.json not JSON", lambda c: (c / "config.json").write_text("{horizon: 8"), "eval",
      "config.json: not a readable JSON config"),
     ("unknown family", lambda c: edit_config(c, family="difusion"), "eval",
-     "config.json: unknown model family 'difusion'; known: ['diffusion', 'flow', 'streaming']"),
+     "config.json: unknown model family 'difusion'; known: ['diffusion', 'flow', 'gaussian', "
+     "'streaming']"),
     ("unknown config key", lambda c: edit_config(c, horizn=8), "eval",
      "config.json: unknown config key(s) ['horizn']"),
     ("wrong type in config", lambda c: edit_config(c, horizon="8"), "eval",

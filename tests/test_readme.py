@@ -17,6 +17,8 @@ def test_readme_python_example_runs(tmp_path, monkeypatch):
     assert namespace["normalizer"].keys == ["action", "robot0_eef_pos"]
     assert namespace["obs"]["agentview_image"].shape == (84, 84, 3)
     assert namespace["summary"]["success_rate"] == 1.0
+    assert namespace["vec_obs"]["joint_pos"].shape == (16, 7)
+    assert namespace["vec_info"]["reward_terms"]["grasp"].shape == (16,)
     assert len(list((tmp_path / "runs" / "eval_lift_expert").glob("*.mp4"))) == 2
     assert namespace["arm_info"]["failure"] == "" and namespace["next_q"].shape == (7,)
     assert namespace["arm_obs"]["joint_pos"].shape == (7,)

@@ -18,6 +18,7 @@ from robopolicy.policies import (
     DiffusionConfig,
     FlowConfig,
     FlowModel,
+    GaussianConfig,
     StreamingConfig,
     load_model,
 )
@@ -61,6 +62,7 @@ CHAINS = {
     "euler": lambda: FlowConfig(**common(num_inference_steps=8)),
     "midpoint": lambda: FlowConfig(**common(num_inference_steps=8, integrator="midpoint")),
     "streaming": lambda: StreamingConfig(**common(n_action_steps=2, num_inference_steps=8)),
+    "gaussian": lambda: GaussianConfig(**common(num_inference_steps=4)),  # K > 1: the loop
 }
 
 
@@ -395,7 +397,7 @@ PROTOCOL_METHODS = [name for name in dir(ActionModelProtocol)
 def test_every_family_keeps_the_protocol(family):
     model_cls = MODELS[family]
     config = {"diffusion": CHAINS["ddim"], "flow": CHAINS["euler"],
-              "streaming": CHAINS["streaming"]}[family]()
+              "streaming": CHAINS["streaming"], "gaussian": CHAINS["gaussian"]}[family]()
     assert model_cls.config_class.family == family == config.family
     model = build(config)
     assert isinstance(model, ActionModelProtocol)
@@ -415,7 +417,7 @@ def test_every_family_keeps_the_protocol(family):
 @pytest.mark.parametrize("family", sorted(MODELS))
 def test_checkpoint_round_trip_gives_identical_actions(tmp_path, family):
     config = {"diffusion": CHAINS["ddim_sample"], "flow": CHAINS["midpoint"],
-              "streaming": CHAINS["streaming"]}[family]()
+              "streaming": CHAINS["streaming"], "gaussian": CHAINS["gaussian"]}[family]()
     config.eta = 0.3
     model = build(config)
     model.save_pretrained(tmp_path / "ckpt")
