@@ -35,6 +35,7 @@ from gymnasium.vector.utils import (
     read_from_shared_memory,
 )
 
+from robopolicy.sim.chunking import make_chunked_env
 from robopolicy.sim.core import SimError, make_env
 
 _PIPE_ERRORS = (EOFError, BrokenPipeError, ConnectionResetError)
@@ -135,22 +136,28 @@ class VectorEnv(gym.vector.VectorEnv):
     which evaluation uses to give every episode its own seed. ``n_workers`` subprocesses
     (default: one per core, at most one per env) each step a contiguous block of the envs;
     ``subprocess=False`` steps them all in this process (no start-up cost; for one env or
-    tests). Env ``i`` behaves the same whichever worker runs it.
+    tests). Env ``i`` behaves the same whichever worker runs it. ``chunk=(To, Ta)`` makes a
+    step one decision of a chunk policy (:class:`robopolicy.sim.chunking.ChunkedEnv`):
+    observations are To-step windows, actions (n_envs, Ta, Da) chunks, run in the workers.
     """
 
     def __init__(self, task: str, n_envs: int, autoreset: bool = True,
-                 subprocess: bool = True, n_workers: int | None = None, **overrides):
+                 subprocess: bool = True, n_workers: int | None = None,
+                 chunk: tuple[int, int] | None = None, **overrides):
         if n_envs < 1:
             raise SimError(f"{task}: n_envs must be >= 1, got {n_envs}")
         n_workers = min(n_envs, n_workers or os.cpu_count() or 1)
         if n_workers < 1:
             raise SimError(f"{task}: n_workers must be >= 1, got {n_workers}")
         self.task, self.n_envs, self.num_envs = task, n_envs, n_envs
-        make = functools.partial(make_env, task, **overrides)
+        if chunk is None:
+            make = functools.partial(make_env, task, **overrides)
+        else:
+            make = functools.partial(make_chunked_env, task, *chunk, **overrides)
         probe = make()  # the spaces and rates, as gymnasium's vector envs learn them
         self.single_observation_space = probe.observation_space
         self.single_action_space = probe.action_space
-        self.fps, self.robot = float(probe.fps), str(probe.robot)
+        self.fps, self.robot = float(probe.unwrapped.fps), str(probe.unwrapped.robot)
         probe.close()
         self.observation_space = batch_space(self.single_observation_space, n_envs)
         self.action_space = batch_space(self.single_action_space, n_envs)
