@@ -18,6 +18,7 @@ VERBS = {
     "sim": "robopolicy.sim.cli",
     "train": "robopolicy.train",
     "eval": "robopolicy.evaluate_cli",
+    "finetune": "robopolicy.rl.loop",
     "teleop": "robopolicy.teleop.cli",
     "bench": "robopolicy.bench",
     "quickstart": "robopolicy.quickstart",
@@ -35,7 +36,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # argparse gives positionals that come after options (`finetune CKPT --task T k=v`) back
+    # as unknown: a verb that sets ``extra_overrides`` takes them as its key=value overrides
+    args, extra = parser.parse_known_args(argv)
+    if extra and not getattr(args, "extra_overrides", False):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
     try:
         return args.run(args) or 0
     except RobopolicyError as exc:

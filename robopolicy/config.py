@@ -10,6 +10,7 @@ naming where the values came from.
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Any, TypeVar
 
 import dacite
@@ -47,3 +48,41 @@ def build_config(cls: type[T], values: dict[str, Any], where: str) -> T:
         return dacite.from_dict(cls, coerce_floats(cls, values, where))
     except dacite.DaciteError as exc:
         raise ConfigError(f"{where}: {exc}") from None
+
+
+def read_values(path: str | None, overrides: list[str], nested: tuple[str, ...] = ()
+                ) -> dict[str, Any]:
+    """A YAML file of config fields (or none), then ``key=value`` overrides whose values
+    parse as YAML; ``section.field=value`` sets a field of a nested mapping named in
+    ``nested`` (e.g. ``model.horizon=16``). Not yet type-checked: :func:`build_config` does
+    that."""
+    import yaml
+
+    values: dict[str, Any] = {}
+    if path:
+        try:
+            values = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, ValueError, yaml.YAMLError) as exc:  # ValueError: not UTF-8
+            # YAML's messages span lines: make it one
+            raise ConfigError(f"{path}: cannot read config ({' '.join(str(exc).split())})"
+                              ) from None
+        if not isinstance(values, dict):
+            raise ConfigError(f"{path}: expected a mapping of config fields, got "
+                              f"{type(values).__name__}")
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise ConfigError(f"override '{item}' is not key=value")
+        target, name = values, key
+        section, dot, field = key.partition(".")
+        if dot and section in nested:
+            target, name = values.setdefault(section, {}), field
+            if not isinstance(target, dict):
+                raise ConfigError(f"{path}: {section} must be a mapping of fields, got "
+                                  f"{type(target).__name__}")
+        try:
+            target[name] = yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"override '{item}': not a YAML value "
+                              f"({' '.join(str(exc).split())})") from None
+    return values

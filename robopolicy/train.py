@@ -24,7 +24,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 from robopolicy import distributed
-from robopolicy.config import build_config
+from robopolicy.config import build_config, read_values
 from robopolicy.data.dataset import (
     EpisodeDataset,
     StepBatchSampler,
@@ -308,34 +308,7 @@ def evaluate_checkpoint(model: ActionModel, task: str, episodes: int, n_envs: in
 def load_config(path: str | None, overrides: list[str]) -> TrainConfig:
     """A YAML file of TrainConfig fields (``model:`` nested), then ``key=value`` overrides
     (``model.horizon=16``); values parse as YAML. Unknown keys are errors."""
-    import yaml
-
-    values: dict[str, Any] = {}
-    if path:
-        try:
-            values = yaml.safe_load(Path(path).read_text()) or {}
-        except (OSError, ValueError, yaml.YAMLError) as exc:  # ValueError: not UTF-8
-            # YAML's messages span lines: make it one
-            raise ConfigError(f"{path}: cannot read config ({' '.join(str(exc).split())})"
-                              ) from None
-        if not isinstance(values, dict):
-            raise ConfigError(f"{path}: expected a mapping of training fields, got "
-                              f"{type(values).__name__}")
-    for item in overrides:
-        key, sep, raw = item.partition("=")
-        if not sep:
-            raise ConfigError(f"override '{item}' is not key=value")
-        target, name = values, key
-        if key.startswith("model."):
-            target, name = values.setdefault("model", {}), key.removeprefix("model.")
-            if not isinstance(target, dict):
-                raise ConfigError(f"{path}: model must be a mapping of model fields, got "
-                                  f"{type(target).__name__}")
-        try:
-            target[name] = yaml.safe_load(raw)
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"override '{item}': not a YAML value "
-                              f"({' '.join(str(exc).split())})") from None
+    values = read_values(path, overrides, nested=("model",))
     if "data" not in values:
         raise ConfigError("no data store given: set data: in the config or pass data=PATH")
     return build_config(TrainConfig, values, path or "overrides")

@@ -192,7 +192,7 @@ def test_bad_training_config_is_one_line(case, store, tmp_path, capsys):
 @pytest.mark.parametrize("text,message", [
     (b"data: demos.zarr\nmodel: {horizon: 8\n", "bad.yaml: cannot read config (while parsing"),
     (b"data: demos.zarr\nlr: \xff\xfe\n", "bad.yaml: cannot read config ("),  # not UTF-8
-    (b"- data\n- steps\n", "bad.yaml: expected a mapping of training fields, got list"),
+    (b"- data\n- steps\n", "bad.yaml: expected a mapping of config fields, got list"),
     (b"data: demos.zarr\nmodel: null\n", "bad.yaml: model must be a mapping"),
     (b"data: demos.zarr\n1: 2\n", "bad.yaml: unknown config key(s) ['1']"),
 ], ids=["YAML syntax", "not UTF-8", "a list", "model: null", "a number as key"])
