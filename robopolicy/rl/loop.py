@@ -23,11 +23,18 @@ from robopolicy.config import build_config, read_values
 from robopolicy.errors import ConfigError
 from robopolicy.policies import load_model
 from robopolicy.rl.critic import Critic
+from robopolicy.rl.fpo import FPO
 from robopolicy.rl.ppo import ChainPPO
 from robopolicy.rl.shared import RewardScaler, gae
 from robopolicy.sim.vector import VectorEnv
 
-ALGORITHMS = {"ppo": ChainPPO}
+# name -> how to build it from the model and the config
+ALGORITHMS = {
+    "ppo": lambda model, cfg: ChainPPO(model, clip=cfg.clip or 0.2, min_std=cfg.min_std),
+    # FPO's ratio moves faster than a likelihood's: the paper clips at ~0.05
+    "fpo": lambda model, cfg: FPO(model, clip=cfg.clip or 0.05, n_mc=cfg.n_mc,
+                                  per_pair=cfg.per_pair, eta=cfg.eta),
+}
 FIELDS = ["env_steps", "iteration", "eval_success", "rollout_success", "rollout_return",
           "pg_loss", "v_loss", "approx_kl", "clip_fraction", "seconds"]
 
@@ -51,10 +58,13 @@ class FinetuneConfig:
     # KL of 0.8 in one step and 3e-5 by ~0.02, PPO's usual range
     lr: float = 3e-5
     critic_lr: float = 1e-3
-    clip: float = 0.2
+    clip: float | None = None  # PPO's clip range (default: 0.2 for ppo, 0.05 for fpo)
     vf_coef: float = 0.5
     max_grad_norm: float = 1.0
-    min_std: float = 0.01  # std floor in the chain's likelihood (normalized units)
+    min_std: float = 0.01  # ppo: std floor in the chain's likelihood (normalized units)
+    n_mc: int = 8  # fpo: (noise, time) pairs per chunk
+    per_pair: bool = False  # fpo: FPO++'s ratio clipped per pair
+    eta: float = 0.0  # fpo: the sampler's stochasticity at rollout (0: the ODE / DDIM)
     reward_scaling: bool = True
     eval_every: int = 5  # iterations between deterministic evaluations (0: only at the end)
     eval_episodes: int = 20
@@ -93,7 +103,7 @@ def finetune(cfg: FinetuneConfig, progress: bool = True) -> dict:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     model = load_model(cfg.checkpoint)
-    algo = ALGORITHMS[cfg.algo](model, clip=cfg.clip, min_std=cfg.min_std)
+    algo = ALGORITHMS[cfg.algo](model, cfg)
     critic = Critic(model)
     optimizer = torch.optim.Adam([{"params": model.parameters(), "lr": cfg.lr},
                                   {"params": critic.parameters(), "lr": cfg.critic_lr}])

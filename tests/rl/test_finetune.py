@@ -14,16 +14,26 @@ from robopolicy.train import TrainConfig, train
 
 
 @pytest.fixture(scope="module")
-def weak_policy(tmp_path_factory):
+def demos(tmp_path_factory):
     root = tmp_path_factory.mktemp("reach")
     collect("reach", 20, root / "demos.zarr", progress=False)
+    return root
+
+
+def weak_bc(root, family: str, steps: int) -> str:
+    """A deliberately weak policy: a small MLP trained briefly on 20 demos."""
     summary = train(TrainConfig(
-        data=str(root / "demos.zarr"), out=str(root / "bc"), family="gaussian",
+        data=str(root / "demos.zarr"), out=str(root / family), family=family,
         model={"horizon": 4, "n_obs_steps": 1, "n_action_steps": 4, "backbone": "mlp",
                "backbone_kwargs": {"hidden_dim": 64, "n_layers": 2}},
-        steps=100, batch_size=64, lr=1e-3, warmup_steps=10, val_every=1000,
+        steps=steps, batch_size=64, lr=1e-3, warmup_steps=10, val_every=1000,
         checkpoint_every=1000, tensorboard=False), progress=False)
     return summary["checkpoint"]
+
+
+@pytest.fixture(scope="module")
+def weak_policy(demos):
+    return weak_bc(demos, "gaussian", 100)
 
 
 @pytest.mark.slow
@@ -43,8 +53,20 @@ def test_ppo_raises_a_weak_policy_from_at_most_half_to_at_least_0_8(weak_policy,
     assert load_model(out / "checkpoint").config.family == "gaussian"  # an ordinary one
 
 
+@pytest.mark.slow
+def test_fpo_raises_a_weak_flow_policy(demos, tmp_path):
+    """FPO needs no likelihood: the flow model samples by its deterministic ODE, exploring
+    through the start noise alone. Measured from this start: 0.48 -> 0.96 (seed 0); with
+    seeds 1 and 2, 0.62 -> 0.92 and 0.70 -> 0.96."""
+    summary = finetune(FinetuneConfig(checkpoint=weak_bc(demos, "flow", 150), task="reach",
+                                      algo="fpo", out=str(tmp_path / "fpo"), env_steps=40_000,
+                                      eval_every=0, eval_episodes=50), progress=False)
+    assert summary["final_success"] >= 0.85, summary
+    assert summary["final_success"] >= summary["start_success"] + 0.2, summary
+
+
 def test_finetune_errors_are_one_line(weak_policy, tmp_path, capsys):
-    with pytest.raises(ConfigError, match="unknown algo 'sac'; known: \\['ppo'\\]"):
+    with pytest.raises(ConfigError, match="unknown algo 'sac'; known: \\['fpo', 'ppo'\\]"):
         finetune(FinetuneConfig(checkpoint=weak_policy, task="reach", algo="sac",
                                 out=str(tmp_path)))
     assert main(["finetune", weak_policy, "--algo", "ppo", "--task", "reach",

@@ -1,0 +1,59 @@
+"""FPO (McAllister et al., "Flow Matching Policy Gradients"): PPO whose ratio comes from the
+model's own BC loss instead of a likelihood, so it fine-tunes any family, with any sampler
+and any number of integration steps at rollout.
+
+At rollout each chunk a is drawn by the model's sampler and ``n_mc`` (noise, time) pairs are
+drawn and stored with it, with the per-pair loss under the rollout parameters, l_old. An
+update scores the same pairs under the current parameters, l_theta, and uses
+
+    ratio = exp(mean_j l_old_j - mean_j l_theta_j)
+
+in PPO's clipped surrogate (a lower loss on a chunk stands for a higher likelihood of it:
+the loss is, up to constants and weights, the negative ELBO). ``per_pair=True`` is FPO++'s
+refinement: each pair's ratio is clipped on its own and the surrogate averaged over pairs.
+"""
+
+from __future__ import annotations
+
+import torch
+from einops import repeat
+
+from robopolicy.policies.base import ActionModel
+from robopolicy.rl.shared import clipped_surrogate
+
+
+class FPO:
+    def __init__(self, model: ActionModel, clip: float, n_mc: int = 8,
+                 per_pair: bool = False, eta: float = 0.0):
+        self.model, self.clip, self.n_mc, self.per_pair, self.eta = (model, clip, n_mc,
+                                                                     per_pair, eta)
+
+    def _pair_losses(self, naction: torch.Tensor, cond: torch.Tensor, noise: torch.Tensor,
+                     t: torch.Tensor) -> torch.Tensor:
+        """(B, n_mc) per-pair BC losses of chunks (B, T, Da) at noise (B, n_mc, T, Da) and
+        times (B, n_mc[, T])."""
+        n = self.n_mc
+        flat = self.model.loss_terms(repeat(naction, "b t a -> (b n) t a", n=n),
+                                     repeat(cond, "b c -> (b n) c", n=n),
+                                     noise.flatten(0, 1), t.flatten(0, 1))  # (B n,)
+        return flat.view(-1, n)
+
+    @torch.no_grad()
+    def act(self, obs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        cond = self.model.encode_obs(obs)  # (B, Dc)
+        naction = self.model.sample(cond, eta=self.eta)  # (B, T, Da)
+        batch = len(naction)
+        noise = torch.randn(batch, self.n_mc, *naction.shape[1:])  # (B, n_mc, T, Da)
+        t = self.model.draw_train_time(batch * self.n_mc)  # (B n_mc[, T])
+        t = t.view(batch, self.n_mc, *t.shape[1:])
+        return naction, {"naction": naction, "noise": noise, "t": t,
+                         "loss_old": self._pair_losses(naction, cond, noise, t)}
+
+    def policy_loss(self, obs: dict[str, torch.Tensor], record: dict[str, torch.Tensor],
+                    advantages: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        cond = self.model.encode_obs(obs)
+        loss = self._pair_losses(record["naction"], cond, record["noise"], record["t"])
+        if self.per_pair:  # FPO++: every pair's ratio clipped on its own
+            return clipped_surrogate(record["loss_old"] - loss, advantages[:, None], self.clip)
+        log_ratio = record["loss_old"].mean(dim=1) - loss.mean(dim=1)  # (B,)
+        return clipped_surrogate(log_ratio, advantages, self.clip)
