@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -68,7 +69,25 @@ class FinetuneConfig:
     reward_scaling: bool = True
     eval_every: int = 5  # iterations between deterministic evaluations (0: only at the end)
     eval_episodes: int = 20
+    checkpoint_every: int = 1  # iterations between saved checkpoint + trainer state
+    resume: bool = False  # continue from out/finetune_state.pt if it exists
     seed: int = 0
+
+
+STATE_NAME = "finetune_state.pt"
+
+
+def save_state(out: Path, model, critic: Critic, optimizer, scaler: RewardScaler | None,
+               progress: dict) -> None:
+    """The fine-tuned checkpoint, then what resuming needs besides it (critic, optimizer,
+    reward statistics, iteration, env steps, metrics rows, RNG), each replaced atomically:
+    a run killed at any moment leaves a consistent pair."""
+    model.save_pretrained(out / "checkpoint")
+    state = {"critic": critic.state_dict(), "optimizer": optimizer.state_dict(),
+             "scaler": scaler.state_dict() if scaler else None,
+             "rng": torch.get_rng_state(), **progress}
+    torch.save(state, out / f"{STATE_NAME}.tmp")
+    os.replace(out / f"{STATE_NAME}.tmp", out / STATE_NAME)
 
 
 def to_tensors(obs: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
@@ -102,38 +121,51 @@ def finetune(cfg: FinetuneConfig, progress: bool = True) -> dict:
     torch.manual_seed(cfg.seed)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    model = load_model(cfg.checkpoint)
+    state = None
+    if cfg.resume and (out / STATE_NAME).exists():
+        state = torch.load(out / STATE_NAME, weights_only=True)  # plain tensors and numbers
+    model = load_model(out / "checkpoint" if state else cfg.checkpoint)
     algo = ALGORITHMS[cfg.algo](model, cfg)
     critic = Critic(model)
     optimizer = torch.optim.Adam([{"params": model.parameters(), "lr": cfg.lr},
                                   {"params": critic.parameters(), "lr": cfg.critic_lr}])
     chunk = (model.config.n_obs_steps, model.config.n_action_steps)
     scaler = RewardScaler(cfg.n_envs, cfg.gamma) if cfg.reward_scaling else None
-    rows, env_steps, t0 = [], 0, time.perf_counter()
+    rows, env_steps, iteration, t0 = [], 0, 0, time.perf_counter()
+    if state:
+        critic.load_state_dict(state["critic"])
+        optimizer.load_state_dict(state["optimizer"])
+        if scaler:
+            scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["rng"])
+        env_steps, iteration, rows = state["env_steps"], state["iteration"], list(state["rows"])
+        t0 -= rows[-1]["seconds"]  # the wall clock continues from the saved iteration
 
     def evaluate(step: int) -> float:
         result = evaluate_checkpoint(model.eval(), cfg.task, cfg.eval_episodes, 1,
                                      out / "eval" / f"step_{step}", progress=False, videos=0)
-        return result["success_rate"]
+        return float(result["success_rate"])
 
     log = open(out / "metrics.csv", "w", newline="")  # noqa: SIM115 (appended row by row)
     writer = csv.DictWriter(log, fieldnames=FIELDS)
     writer.writeheader()
+    writer.writerows(rows)  # a resumed run's earlier iterations
 
     def log_row(row: dict) -> None:
         rows.append(row)
         writer.writerow(row)
         log.flush()  # a crash keeps every iteration measured so far
 
-    log_row({"env_steps": 0, "iteration": 0, "eval_success": evaluate(0), "seconds": 0.0})
+    if not rows:
+        log_row({"env_steps": 0, "iteration": 0, "eval_success": evaluate(0), "seconds": 0.0})
     bar = tqdm(total=cfg.env_steps, desc=f"{cfg.algo} on {cfg.task}", disable=not progress,
                unit="step")
     with VectorEnv(cfg.task, cfg.n_envs, chunk=chunk, n_workers=cfg.n_workers) as envs:
         low = torch.as_tensor(envs.single_action_space.low)
         high = torch.as_tensor(envs.single_action_space.high)
-        obs = to_tensors(envs.reset(seed=cfg.seed)[0])
+        # a resumed run restarts its episodes (envs cannot be saved), seeded anew
+        obs = to_tensors(envs.reset(seed=cfg.seed + 1000 * iteration)[0])
         episode_return = np.zeros(cfg.n_envs)
-        iteration = 0
         while env_steps < cfg.env_steps:
             iteration += 1
             # --- rollout: n_steps decisions in every env
@@ -199,7 +231,7 @@ def finetune(cfg: FinetuneConfig, progress: bool = True) -> dict:
                                   info_pg["clip_fraction"].item()])
 
             # --- log and evaluate
-            pg, vl, kl, clipfrac = np.mean(stats, axis=0)
+            pg, vl, kl, clipfrac = (float(v) for v in np.mean(stats, axis=0))
             row = {"env_steps": env_steps, "iteration": iteration, "pg_loss": pg, "v_loss": vl,
                    "approx_kl": kl, "clip_fraction": clipfrac,
                    "seconds": round(time.perf_counter() - t0, 1)}
@@ -210,9 +242,11 @@ def finetune(cfg: FinetuneConfig, progress: bool = True) -> dict:
             if last or (cfg.eval_every and iteration % cfg.eval_every == 0):
                 row["eval_success"] = evaluate(env_steps)
             log_row(row)
+            if last or iteration % cfg.checkpoint_every == 0:
+                save_state(out, model, critic, optimizer, scaler,
+                           {"iteration": iteration, "env_steps": env_steps, "rows": rows})
     bar.close()
     log.close()
-    model.save_pretrained(out / "checkpoint")
     plot_success(rows, out / "learning_curve.png", f"{cfg.algo} on {cfg.task}")
     summary = {"algo": cfg.algo, "task": cfg.task, "env_steps": env_steps,
                "seconds": round(time.perf_counter() - t0, 1),

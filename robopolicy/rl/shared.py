@@ -67,8 +67,8 @@ class RewardScaler:
         return rewards / np.sqrt(self.stats.var + self.epsilon)
 
     def state_dict(self) -> dict:
-        return {"returns": self.returns.tolist(), "mean": self.stats.mean,
-                "var": self.stats.var, "count": self.stats.count}
+        return {"returns": self.returns.tolist(), "mean": float(self.stats.mean),
+                "var": float(self.stats.var), "count": float(self.stats.count)}
 
     def load_state_dict(self, state: dict) -> None:
         self.returns = np.asarray(state["returns"], dtype=np.float64)

@@ -1,14 +1,20 @@
 """RL fine-tuning end to end on the fast native reach task: a deliberately weak Gaussian BC
 policy (20 demos, 100 steps) is raised by PPO by a margin a broken gradient could not give."""
 
+import csv
 import json
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
+import torch
 
 from robopolicy.cli import main
 from robopolicy.errors import ConfigError
 from robopolicy.policies import load_model
-from robopolicy.rl.loop import FinetuneConfig, finetune
+from robopolicy.rl.loop import STATE_NAME, FinetuneConfig, finetune
 from robopolicy.sim.collect import collect
 from robopolicy.train import TrainConfig, train
 
@@ -72,3 +78,37 @@ def test_finetune_errors_are_one_line(weak_policy, tmp_path, capsys):
     assert main(["finetune", weak_policy, "--algo", "ppo", "--task", "reach",
                  "env_step=10"]) == 2
     assert "unknown config key(s) ['env_step']" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_killed_run_resumes_from_its_last_saved_iteration(weak_policy, tmp_path):
+    out = tmp_path / "ppo"
+    run = subprocess.Popen([sys.executable, "-m", "robopolicy", "finetune", weak_policy,
+                            "--algo", "ppo", "--task", "reach", f"out={out}",
+                            "env_steps=10000000", "eval_every=0", "eval_episodes=5"],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state_file = out / STATE_NAME
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            if state_file.exists() and \
+                    torch.load(state_file, weights_only=True)["iteration"] >= 2:
+                break
+            time.sleep(0.2)
+    finally:  # killed mid-run, and never left running whatever happened above
+        run.send_signal(signal.SIGKILL)
+        run.wait()
+    saved = torch.load(state_file, weights_only=True)
+    assert saved["iteration"] >= 2, "the run saved no iteration in two minutes"
+    weights = load_model(out / "checkpoint").log_std.detach().clone()
+    assert not torch.equal(weights, load_model(weak_policy).log_std)  # it had learned
+    summary = finetune(FinetuneConfig(checkpoint=weak_policy, task="reach", out=str(out),
+                                      env_steps=saved["env_steps"] + 4000, resume=True,
+                                      eval_every=0, eval_episodes=5), progress=False)
+    with open(out / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    iterations = [int(r["iteration"]) for r in rows]
+    assert iterations == list(range(len(rows)))  # no iteration lost or repeated
+    assert int(rows[saved["iteration"] + 1]["env_steps"]) > saved["env_steps"]
+    assert summary["env_steps"] >= saved["env_steps"] + 4000
+    assert summary["start_success"] == float(rows[0]["eval_success"])  # from the first run
