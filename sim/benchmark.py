@@ -11,7 +11,7 @@ import time
 import numpy as np
 
 from robopolicy.sim.core import make_env, task_names
-from robopolicy.sim.vector import VectorEnv
+from robopolicy.sim.vector import VectorEnv, step_info
 
 # Envs per worker in the scaling benchmark: enough that a block's steps (~2.5 ms for the arm
 # tasks) dwarf the ~0.4 ms round trip to its worker.
@@ -62,20 +62,41 @@ def paired_speedup(task: str, reference: str, n_steps: int, blocks: int = 5) -> 
             "speedup": round(statistics.median(ratios), 2)}
 
 
-def vector_steps_per_s(task: str, n_workers: int, envs_per_worker: int, n_steps: int) -> float:
-    """Env steps/s (summed over envs) of ``n_workers`` subprocesses, each stepping a block of
-    ``envs_per_worker`` envs, with autoreset."""
+def vector_steps_per_s(task: str, n_workers: int, envs_per_worker: int, n_steps: int,
+                       chunk: tuple[int, int] | None = None) -> float:
+    """Env steps/s (simulator steps summed over envs) of ``n_workers`` subprocesses, each
+    stepping a block of ``envs_per_worker`` envs, with autoreset; with ``chunk=(To, Ta)``
+    each call runs a chunk of Ta actions in the workers (``info["env_steps"]`` of them)."""
     n_envs = n_workers * envs_per_worker
-    with VectorEnv(task, n_envs, autoreset=True, n_workers=n_workers) as env:
+    with VectorEnv(task, n_envs, autoreset=True, n_workers=n_workers, chunk=chunk) as env:
         env.reset(seed=0)
         space = env.single_action_space
         actions = np.random.default_rng(0).uniform(space.low, space.high,
                                                    (n_steps, n_envs, *space.shape))
         env.step(actions[0])  # warm up the workers
-        start = time.perf_counter()
+        done_steps, start = 0, time.perf_counter()
         for a in actions:
-            env.step(a)
-        return n_steps * n_envs / (time.perf_counter() - start)
+            _, _, terminated, truncated, info = env.step(a)
+            done_steps += (int(step_info(info, "env_steps", terminated | truncated).sum())
+                           if chunk else n_envs)
+        return done_steps / (time.perf_counter() - start)
+
+
+def chunked_speedup(task: str, n_action_steps: int, n_decisions: int, repeats: int = 3
+                    ) -> dict:
+    """Env steps/s of 2 workers x 8 envs stepped action by action and a chunk of
+    ``n_action_steps`` at a time (one round trip per chunk), alternated ``repeats`` times."""
+    rates = {"actions": [], "chunks": []}
+    for _ in range(repeats):
+        rates["actions"].append(vector_steps_per_s(task, 2, ENVS_PER_WORKER,
+                                                   n_decisions * n_action_steps))
+        rates["chunks"].append(vector_steps_per_s(task, 2, ENVS_PER_WORKER, n_decisions,
+                                                  chunk=(1, n_action_steps)))
+    ratios = [b / a for a, b in zip(rates["actions"], rates["chunks"], strict=True)]
+    return {"bench": "sim.chunked_steps", "task": task, "n_action_steps": n_action_steps,
+            "steps_per_s_by_action": round(statistics.median(rates["actions"]), 1),
+            "steps_per_s_by_chunk": round(statistics.median(rates["chunks"]), 1),
+            "speedup": round(statistics.median(ratios), 2)}
 
 
 def vector_scaling(task: str, envs_per_worker: int, n_steps: int, repeats: int = 3) -> dict:
@@ -110,5 +131,8 @@ def run(workdir: str | None = None, quick: bool = False, tasks: list[str] | None
     for envs_per_worker in (1, ENVS_PER_WORKER):
         results.append(vector_scaling(scaling_task, envs_per_worker, 20 if quick else 300,
                                       repeats=1 if quick else 3))
+        print(json.dumps(results[-1]), flush=True)
+    if not quick:  # the quick run checks the others are wired; this one only measures
+        results.append(chunked_speedup(scaling_task, 8, 40))
         print(json.dumps(results[-1]), flush=True)
     return results

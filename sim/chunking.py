@@ -48,17 +48,20 @@ class ChunkedEnv(gym.Wrapper):
             for key, s in env.observation_space.spaces.items()})  # (To, ...)
         self._window: dict[str, np.ndarray] = {}
 
-    def _observe(self, obs: dict[str, np.ndarray], first: bool) -> dict[str, np.ndarray]:
-        for key, value in obs.items():
-            if first:
-                self._window[key] = np.repeat(np.asarray(value)[None], self.n_obs_steps, 0)
-            else:
-                self._window[key] = np.concatenate([self._window[key][1:], value[None]])
+    def _observe(self, obs: dict[str, np.ndarray]) -> None:
+        """Shift each window by one (in place) and put the newest observation last."""
+        for key, window in self._window.items():
+            window[:-1] = window[1:]
+            window[-1] = obs[key]
+
+    def _windows(self) -> dict[str, np.ndarray]:
         return {key: window.copy() for key, window in self._window.items()}
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         obs, info = self.env.reset(seed=seed, options=options)
-        return self._observe(obs, first=True), info
+        self._window = {key: np.repeat(np.asarray(value)[None], self.n_obs_steps, 0)
+                        for key, value in obs.items()}  # (To, ...): the first, repeated
+        return self._windows(), info
 
     def step(self, chunk):
         chunk = np.asarray(chunk)
@@ -69,7 +72,7 @@ class ChunkedEnv(gym.Wrapper):
         for action in chunk:
             obs, reward, terminated, truncated, info = self.env.step(action)
             executed += 1
-            self._observe(obs, first=False)
+            self._observe(obs)
             total += reward
             for name, value in info["reward_terms"].items():
                 terms[name] = terms.get(name, 0.0) + value
@@ -78,8 +81,7 @@ class ChunkedEnv(gym.Wrapper):
                 break
         info = {"success": success, "reward_terms": terms, "failure": info["failure"],
                 "env_steps": executed}
-        window = {key: w.copy() for key, w in self._window.items()}
-        return window, total, terminated, truncated, info
+        return self._windows(), total, terminated, truncated, info
 
 
 def make_chunked_env(task: str, n_obs_steps: int, n_action_steps: int, **overrides

@@ -314,6 +314,17 @@ class VectorEnv(gym.vector.VectorEnv):
             self.close(terminate=True)
 
 
+def step_info(info: dict, key: str, done: np.ndarray) -> np.ndarray:
+    """``info[key]`` of a step, one value per env: where the step ended an episode,
+    same-step autoreset has moved that step's info to ``final_info`` (and ``info`` holds
+    the new episode's reset info), so it is read from there."""
+    final = info.get("final_info", {})
+    if key not in final:
+        return np.asarray(info[key])
+    ended = np.asarray(info["_final_info"]) & np.asarray(done)
+    return np.where(ended, final[key], info.get(key, final[key]))
+
+
 def worker_processes(env: VectorEnv) -> list[multiprocessing.process.BaseProcess]:
     """The worker processes (empty for in-process envs)."""
     return list(env.processes)

@@ -4,6 +4,8 @@ simulator gives, as DPPO's critic on the state)."""
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -18,8 +20,8 @@ class Critic(nn.Module):
         self.keys = [k for k in model.obs_keys if k not in model.config.image_keys]
         # the model's statistics, read through a bound method: not a submodule of the critic
         self._normalize = model.normalizer.normalize
-        width = model.config.n_obs_steps * sum(
-            int(torch.tensor(model.config.shapes[k]).prod()) for k in self.keys)
+        width = model.config.n_obs_steps * sum(math.prod(model.config.shapes[k])
+                                               for k in self.keys)
         self.net = nn.Sequential(nn.Linear(width, hidden), nn.Mish(),
                                  nn.Linear(hidden, hidden), nn.Mish(), nn.Linear(hidden, 1))
 

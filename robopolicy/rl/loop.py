@@ -27,7 +27,7 @@ from robopolicy.rl.critic import Critic
 from robopolicy.rl.fpo import FPO
 from robopolicy.rl.ppo import ChainPPO
 from robopolicy.rl.shared import RewardScaler, gae
-from robopolicy.sim.vector import VectorEnv
+from robopolicy.sim.vector import VectorEnv, step_info
 
 # name -> how to build it from the model and the config
 ALGORITHMS = {
@@ -79,11 +79,12 @@ STATE_NAME = "finetune_state.pt"
 
 def save_state(out: Path, model, critic: Critic, optimizer, scaler: RewardScaler | None,
                progress: dict) -> None:
-    """The fine-tuned checkpoint, then what resuming needs besides it (critic, optimizer,
-    reward statistics, iteration, env steps, metrics rows, RNG), each replaced atomically:
-    a run killed at any moment leaves a consistent pair."""
+    """The fine-tuned checkpoint, then everything resuming needs (the model's weights again,
+    critic, optimizer, reward statistics, iteration, env steps, metrics rows, RNG) in one file
+    replaced atomically: a run killed at any moment resumes from one consistent iteration."""
     model.save_pretrained(out / "checkpoint")
-    state = {"critic": critic.state_dict(), "optimizer": optimizer.state_dict(),
+    state = {"model": model.state_dict(), "critic": critic.state_dict(),
+             "optimizer": optimizer.state_dict(),
              "scaler": scaler.state_dict() if scaler else None,
              "rng": torch.get_rng_state(), **progress}
     torch.save(state, out / f"{STATE_NAME}.tmp")
@@ -92,17 +93,6 @@ def save_state(out: Path, model, critic: Critic, optimizer, scaler: RewardScaler
 
 def to_tensors(obs: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
     return {k: torch.as_tensor(v) for k, v in obs.items()}
-
-
-def step_values(info: dict, key: str, done: np.ndarray) -> np.ndarray:
-    """``info[key]`` per env, read from ``final_info`` where the env's episode just ended
-    (gymnasium's same-step autoreset moves that step's info there)."""
-    values = np.array(info[key]) if key in info else None
-    final = info.get("final_info", {})
-    if key in final:
-        ended = np.asarray(info["_final_info"]) & done
-        values = np.where(ended, final[key], values if values is not None else final[key])
-    return values
 
 
 def final_obs(info: dict, mask: np.ndarray) -> dict[str, torch.Tensor]:
@@ -124,7 +114,7 @@ def finetune(cfg: FinetuneConfig, progress: bool = True) -> dict:
     state = None
     if cfg.resume and (out / STATE_NAME).exists():
         state = torch.load(out / STATE_NAME, weights_only=True)  # plain tensors and numbers
-    model = load_model(out / "checkpoint" if state else cfg.checkpoint)
+    model = load_model(cfg.checkpoint)
     algo = ALGORITHMS[cfg.algo](model, cfg)
     critic = Critic(model)
     optimizer = torch.optim.Adam([{"params": model.parameters(), "lr": cfg.lr},
@@ -133,6 +123,7 @@ def finetune(cfg: FinetuneConfig, progress: bool = True) -> dict:
     scaler = RewardScaler(cfg.n_envs, cfg.gamma) if cfg.reward_scaling else None
     rows, env_steps, iteration, t0 = [], 0, 0, time.perf_counter()
     if state:
+        model.load_state_dict(state["model"])
         critic.load_state_dict(state["critic"])
         optimizer.load_state_dict(state["optimizer"])
         if scaler:
@@ -172,17 +163,18 @@ def finetune(cfg: FinetuneConfig, progress: bool = True) -> dict:
             model.eval()
             buf_obs, buf_rec, rewards, values, next_values = [], [], [], [], []
             terminated, truncated, finished = [], [], []
+            with torch.no_grad():
+                value = critic(obs)  # anew each rollout: the update changed the critic
             for _ in range(cfg.n_steps):
                 naction, record = algo.act(obs)
                 chunk_raw = model.chunk_actions(naction)["action"]  # (N, Ta, Da)
                 chunk_raw = torch.clamp(chunk_raw, low, high)
-                with torch.no_grad():
-                    values.append(critic(obs))
+                values.append(value)
                 next_obs, reward, term, trunc, info = envs.step(chunk_raw.numpy())
                 done = term | trunc
-                env_steps += int(step_values(info, "env_steps", done).sum())
+                env_steps += int(step_info(info, "env_steps", done).sum())
                 episode_return += reward
-                success = step_values(info, "success", done)
+                success = step_info(info, "success", done)
                 finished += [(episode_return[i], bool(success[i])) for i in np.flatnonzero(done)]
                 episode_return[done] = 0.0
                 buf_obs.append(obs)
@@ -191,9 +183,11 @@ def finetune(cfg: FinetuneConfig, progress: bool = True) -> dict:
                 terminated.append(term)
                 truncated.append(trunc)
                 obs = to_tensors(next_obs)
-                # V of where each step led: the next window, or the cut episode's last one
+                # V of where each step led: the next window (also the next step's value), or
+                # the cut episode's last one
                 with torch.no_grad():
-                    nxt = critic(obs)
+                    value = critic(obs)
+                    nxt = value.clone()
                     if trunc.any():
                         nxt[torch.as_tensor(trunc)] = critic(final_obs(info, trunc))
                 next_values.append(nxt)
