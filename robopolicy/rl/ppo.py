@@ -24,8 +24,7 @@ class ChainPPO:
     def __init__(self, model: ActionModel, clip: float, min_std: float):
         if model.config.family != "gaussian":
             raise ConfigError(f"algo ppo fine-tunes the gaussian family; this checkpoint is "
-                              f"'{model.config.family}' (DPPO and FPO are for the denoising "
-                              "families)")
+                              f"'{model.config.family}'; use --algo fpo for it")
         self.model, self.clip, self.min_std = model, clip, min_std
 
     def _log_prob(self, chain: Chain, cond: torch.Tensor) -> torch.Tensor:
