@@ -7,7 +7,8 @@ import importlib
 
 # area -> module with run(workdir, quick) -> list of result dicts
 BENCHMARKS = {"data": "robopolicy.data.benchmark", "sim": "robopolicy.sim.benchmark",
-              "models": "robopolicy.policies.benchmark", "teleop": "robopolicy.teleop.benchmark"}
+              "models": "robopolicy.policies.benchmark", "teleop": "robopolicy.teleop.benchmark",
+              "rl": "robopolicy.rl.benchmark"}
 
 
 def add_parser(subparsers) -> None:

@@ -5,6 +5,10 @@
 3. train a diffusion policy by behavior cloning (EMA weights, learning curve);
 4. evaluate it in simulation (success rate with a 95% interval, videos);
 and write ``summary.json`` with the figures and where everything is.
+
+``robopolicy quickstart --rl`` tells the RL half on the fast native ``panda_lift``: few demos,
+a deliberately weak flow-matching policy (small MLP, short training), FPO fine-tuning in
+simulation, and success after each stage, with both learning curves.
 """
 
 from __future__ import annotations
@@ -51,6 +55,45 @@ def run(out_dir: Path, task: str = DEFAULT_TASK, n_episodes: int = 100, seed: in
     return summary
 
 
+# the weak start of the RL story: 50 demos, a small MLP flow policy trained briefly
+RL_MODEL = {"horizon": 4, "n_obs_steps": 1, "n_action_steps": 4, "num_inference_steps": 10,
+            "backbone": "mlp", "backbone_kwargs": {"hidden_dim": 256, "n_layers": 3}}
+
+
+def run_rl(out_dir: Path, task: str = "panda_lift", n_episodes: int = 50, seed: int = 0,
+           bc_steps: int = 2000, env_steps: int = 200_000, eval_episodes: int = 50) -> dict:
+    """Demos, weak BC, FPO fine-tuning, evaluation after each stage; ``summary.json``."""
+    from robopolicy.rl.loop import FinetuneConfig, finetune
+    from robopolicy.sim.collect import collect
+    from robopolicy.train import TrainConfig, train
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    expert = collect(task, n_episodes, out_dir / "demos.zarr", seed=seed, overwrite=True)
+    print(f"[1/3] {expert['stored_episodes']} expert demos on {task} "
+          f"({time.perf_counter() - start:.0f} s)", flush=True)
+    bc = train(TrainConfig(data=str(out_dir / "demos.zarr"), out=str(out_dir / "bc"),
+                           family="flow", model=RL_MODEL, steps=bc_steps, batch_size=128,
+                           seed=seed, eval_task=task, eval_episodes=eval_episodes))
+    print(f"[2/3] weak BC policy: success {bc['eval']['success_rate']:.2f} "
+          f"({time.perf_counter() - start:.0f} s)", flush=True)
+    rl = finetune(FinetuneConfig(checkpoint=bc["checkpoint"], task=task, algo="fpo",
+                                 out=str(out_dir / "fpo"), env_steps=env_steps,
+                                 eval_episodes=eval_episodes, seed=seed))
+    print(f"[3/3] FPO fine-tuned: success {rl['start_success']:.2f} -> "
+          f"{rl['final_success']:.2f} in {rl['env_steps']} env steps "
+          f"({time.perf_counter() - start:.0f} s)", flush=True)
+    summary = {"task": task, "n_demos": expert["stored_episodes"],
+               "bc_success": bc["eval"]["success_rate"], "rl_start_success": rl["start_success"],
+               "rl_final_success": rl["final_success"], "env_steps": rl["env_steps"],
+               "bc_curve": str(out_dir / "bc" / "learning_curve.png"),
+               "rl_curve": str(out_dir / "fpo" / "learning_curve.png"),
+               "checkpoint": rl["checkpoint"],
+               "total_seconds": round(time.perf_counter() - start, 1)}
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("quickstart", help="run the main pipeline on its default task")
     p.add_argument("--out", default="runs/quickstart", help="output folder")
@@ -60,10 +103,21 @@ def add_parser(subparsers) -> None:
     p.add_argument("--eval-episodes", type=int, default=50)
     p.add_argument("--n-envs", type=int, default=2, help="parallel simulation workers")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--rl", action="store_true",
+                   help="the RL story on panda_lift: weak BC, FPO fine-tuning, both curves")
+    p.add_argument("--env-steps", type=int, default=200_000, help="RL budget (with --rl)")
     p.set_defaults(run=main)
 
 
 def main(args) -> int:
+    if args.rl:
+        s = run_rl(Path(args.out if args.out != "runs/quickstart" else "runs/quickstart_rl"),
+                   n_episodes=args.episodes if args.episodes != 100 else 50, seed=args.seed,
+                   bc_steps=args.steps if args.steps != 1500 else 2000,
+                   env_steps=args.env_steps, eval_episodes=args.eval_episodes)
+        print(f"success: BC {s['bc_success']:.2f} -> RL {s['rl_final_success']:.2f}; total "
+              f"{s['total_seconds']} s; curves: {s['bc_curve']}, {s['rl_curve']}")
+        return 0
     out = Path(args.out)
     s = run(out, task=args.task, n_episodes=args.episodes, seed=args.seed, n_envs=args.n_envs,
             steps=args.steps, eval_episodes=args.eval_episodes)

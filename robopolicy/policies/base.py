@@ -11,6 +11,7 @@ inside the model and is saved with it. A checkpoint is a directory with ``config
 
 from __future__ import annotations
 
+import copy
 import inspect
 import json
 import os
@@ -61,6 +62,10 @@ class ModelConfig:
     encoder_kwargs: dict[str, Any] = field(default_factory=dict)
     num_inference_steps: int = 10  # K
     eta: float = 0.0  # the sampler's default stochasticity in [0, 1] (see the protocol)
+    # DPPO: the last finetune_steps transitions of every chain (of every call, for streaming)
+    # run ``finetuned_backbone``, the RL-trained copy of the denoiser; the others the frozen
+    # BC one. 0: a plain BC model.
+    finetune_steps: int = 0
 
     def validate(self) -> None:
         """One ConfigError line for the first value that cannot work."""
@@ -77,6 +82,9 @@ class ModelConfig:
             raise ConfigError(f"{name}: num_inference_steps={self.num_inference_steps} must be "
                               ">= 1 (K = 0 would return the noise itself)")
         check_eta(self.eta, f"{name}: eta")
+        if not 0 <= self.finetune_steps <= self.num_inference_steps:
+            raise ConfigError(f"{name}: finetune_steps={self.finetune_steps} must be in [0, "
+                              f"num_inference_steps={self.num_inference_steps}]")
         if self.normalization not in MODES:
             raise ConfigError(f"{name}: unknown normalization {self.normalization!r}; known: "
                               f"{list(MODES)}")
@@ -174,6 +182,22 @@ class ActionModel(nn.Module, ABC):
         except (ValueError, TypeError, KeyError, RuntimeError) as exc:
             raise ConfigError(f"{config.family}: cannot build the networks: "
                               f"{str(exc).splitlines()[0]}") from None
+        if config.finetune_steps:  # weights come from the checkpoint
+            self.finetuned_backbone = copy.deepcopy(self.backbone)
+
+    def start_finetuning(self, steps: int) -> nn.Module:
+        """Give the last ``steps`` transitions of the chain a trainable copy of the denoiser
+        (DPPO), initialized from it; the copy is saved with the model. A model fine-tuned
+        before keeps its copy and its step count."""
+        if self.config.finetune_steps and steps != self.config.finetune_steps:
+            raise ConfigError(f"this checkpoint was fine-tuned over its last "
+                              f"{self.config.finetune_steps} denoising steps; continue with "
+                              f"finetune_steps={self.config.finetune_steps}, not {steps}")
+        if not self.config.finetune_steps:
+            self.config.finetune_steps = steps
+            self.config.validate()
+            self.finetuned_backbone = copy.deepcopy(self.backbone)
+        return self.finetuned_backbone
 
     @property
     def obs_keys(self) -> list[str]:
@@ -251,7 +275,7 @@ class ActionModel(nn.Module, ABC):
                step_noise: torch.Tensor | None = None,
                generator: torch.Generator | None = None, num_steps: int | None = None,
                eta: float | None = None, min_std: float = 0.0, return_chain: bool = False,
-               finetuned: nn.Module | None = None, finetune_steps: int = 0
+               finetuned: nn.Module | None = None, finetune_steps: int | None = None
                ) -> torch.Tensor | Chain:
         """The chain from ``noise`` (B, T, Da) through K transitions, x_{i+1} = mean + std *
         step_noise[:, i] with step_noise (B, K, T, Da); either is drawn from ``generator``
@@ -273,15 +297,20 @@ class ActionModel(nn.Module, ABC):
 
     def run_chain(self, x: torch.Tensor, schedule: list[torch.Tensor], cond: torch.Tensor,
                   step_noise: torch.Tensor, *, num_steps: int, eta: float, min_std: float,
-                  finetuned: nn.Module | None = None, finetune_steps: int = 0
+                  finetuned: nn.Module | None = None, finetune_steps: int | None = None
                   ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """The one sampling loop, over the family's transition (what ``denoise_step`` runs):
-        x, and the visited states [x_0, ..., x_n]. The last
-        ``finetune_steps`` transitions use ``finetuned`` as the denoiser (DPPO's trainable
-        copy), the others the model's own (frozen) one."""
-        if not 0 <= finetune_steps <= len(schedule) or (finetune_steps and finetuned is None):
+        x, and the visited states [x_0, ..., x_n]. The last ``finetune_steps`` transitions
+        (all of them, for a shorter chain) use ``finetuned`` as the denoiser, the others the
+        model's own; by default the model's DPPO copy and ``config.finetune_steps``."""
+        if finetune_steps is None:
+            finetune_steps = self.config.finetune_steps
+            if finetuned is None:
+                finetuned = getattr(self, "finetuned_backbone", None)
+        if finetune_steps < 0 or (finetune_steps and finetuned is None):
             raise ValueError(f"finetune_steps={finetune_steps} needs a finetuned network and "
-                             f"0 <= finetune_steps <= {len(schedule)}")
+                             "must be >= 0")
+        finetune_steps = min(finetune_steps, len(schedule))
         first_finetuned = len(schedule) - finetune_steps
         table = self.step_table(num_steps, eta)  # (K, C), once for the whole chain
         visited = [x]
@@ -298,8 +327,9 @@ class ActionModel(nn.Module, ABC):
                       cond: torch.Tensor, *, reduce: str, num_steps: int | None = None,
                       eta: float | None = None, min_std: float,
                       net: nn.Module | None = None) -> torch.Tensor:
-        """log N(x_next; mean, std) of one transition, (B,), summed or averaged over (T, Da).
-        Elements that hold still (streaming, i < 0) are left out of both."""
+        """log N(x_next; mean, std) of one transition, (B,), summed or averaged over (T, Da),
+        or per element (B, T, Da) with ``reduce="none"``. Elements that hold still
+        (streaming, i < 0) are left out (0 per element)."""
         num_steps, eta = self.resolve(num_steps, eta)
         table = self.step_table(num_steps, eta)
         return self._log_prob(x, i, x_next, cond, table, reduce, min_std, net)
@@ -319,14 +349,17 @@ class ActionModel(nn.Module, ABC):
         if not min_std > 0:
             raise ValueError(f"min_std={min_std} must be > 0: a deterministic transition has "
                              "no density (DPPO uses 0.1)")
-        if reduce not in ("sum", "mean"):
-            raise ValueError(f"reduce must be 'sum' or 'mean', got {reduce!r}")
+        if reduce not in ("sum", "mean", "none"):
+            raise ValueError(f"reduce must be 'sum', 'mean' or 'none', got {reduce!r}")
         mean, std = self.transition(x, i, step_coefficients(table, i), cond, min_std=min_std,
                                     net=net)
         moving = expand_step(i >= 0).expand_as(mean)  # (B, T, Da)
         std = torch.where(moving, std, 1.0)  # a placeholder where masked: finite gradients
         logp = Normal(mean, std, validate_args=False).log_prob(x_next)  # (B, T, Da)
-        total = torch.where(moving, logp, 0.0).sum(dim=(1, 2))  # (B,)
+        logp = torch.where(moving, logp, 0.0)
+        if reduce == "none":
+            return logp
+        total = logp.sum(dim=(1, 2))  # (B,)
         if reduce == "sum":
             return total
         return total / moving.sum(dim=(1, 2)).clamp(min=1)  # the mean over moving elements

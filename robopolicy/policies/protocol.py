@@ -100,17 +100,19 @@ class ActionModelProtocol(Protocol):
                step_noise: torch.Tensor | None = None,
                generator: torch.Generator | None = None, num_steps: int | None = None,
                eta: float | None = None, min_std: float = 0.0, return_chain: bool = False,
-               finetuned: nn.Module | None = None, finetune_steps: int = 0
+               finetuned: nn.Module | None = None, finetune_steps: int | None = None
                ) -> torch.Tensor | Chain:
         """x_K (B, T, Da) from ``noise`` (B, T, Da) and ``step_noise`` (B, K, T, Da); the
-        last ``finetune_steps`` transitions run ``finetuned`` instead of the denoiser."""
+        last ``finetune_steps`` transitions run ``finetuned`` instead of the denoiser (by
+        default the model's own DPPO-fine-tuned copy, ``config.finetune_steps``)."""
 
     def step_log_prob(self, x: torch.Tensor, i: torch.Tensor, x_next: torch.Tensor,
                       cond: torch.Tensor, *, reduce: str, num_steps: int | None = None,
                       eta: float | None = None, min_std: float,
                       net: nn.Module | None = None) -> torch.Tensor:
         """log N(x_next; denoise_step(x, i)) (B,), summed ("sum") or averaged ("mean") over
-        (T, Da); ``min_std`` > 0 is required (deterministic steps have no density)."""
+        (T, Da), or per element ("none", (B, T, Da)); ``min_std`` > 0 is required
+        (deterministic steps have no density)."""
 
     def chain_log_prob(self, chain: Chain, cond: torch.Tensor, *, reduce: str,
                        num_steps: int | None = None, eta: float | None = None,

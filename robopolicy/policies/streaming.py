@@ -180,7 +180,8 @@ class StreamingDiffusionModel(DiffusionModel):
     def stream(self, x: torch.Tensor, steps_left: torch.Tensor, cond: torch.Tensor,
                noise: StreamNoise, *, warmup: bool, eta: float | None = None,
                min_std: float = 0.0, return_chain: bool = False,
-               finetuned: nn.Module | None = None, finetune_steps: int = 0) -> StreamCall:
+               finetuned: nn.Module | None = None, finetune_steps: int | None = None
+               ) -> StreamCall:
         """One call: the chunk (B, T, Da) with chunk 0 clean, the next buffer and steps
         left. ``warmup`` for a batch with rows that start an episode (x pure noise, K steps
         left everywhere); steady rows pass through the warm-up untouched. ``finetuned`` runs

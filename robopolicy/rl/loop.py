@@ -9,7 +9,6 @@ shaped ``(n_steps, n_envs, ...)``; ``b_*`` are their flattened forms, ``mb_*`` m
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import time
@@ -22,22 +21,42 @@ from tqdm.auto import tqdm
 
 from robopolicy.config import build_config, read_values
 from robopolicy.errors import ConfigError
+from robopolicy.metrics import MetricsLog
 from robopolicy.policies import load_model
 from robopolicy.rl.critic import Critic
+from robopolicy.rl.dppo import DPPO
 from robopolicy.rl.fpo import FPO
 from robopolicy.rl.ppo import ChainPPO
+from robopolicy.rl.rollout import Rollout, make_workers, one_thread
 from robopolicy.rl.shared import RewardScaler, gae
-from robopolicy.sim.vector import VectorEnv, step_info
 
-# name -> how to build it from the model and the config
+# name -> how to build it from the model and the config (None: the algorithm's default)
 ALGORITHMS = {
-    "ppo": lambda model, cfg: ChainPPO(model, clip=cfg.clip or 0.2, min_std=cfg.min_std),
+    "ppo": lambda model, cfg: ChainPPO(model, clip=cfg.clip or 0.2,
+                                       min_std=cfg.min_std or 0.01, std=cfg.std),
     # FPO's ratio moves faster than a likelihood's: the paper clips at ~0.05
     "fpo": lambda model, cfg: FPO(model, clip=cfg.clip or 0.05, n_mc=cfg.n_mc,
-                                  per_pair=cfg.per_pair, eta=cfg.eta),
+                                  per_pair=cfg.per_pair, eta=cfg.eta or 0.0,
+                                  spo_negative=cfg.spo_negative,
+                                  max_log_ratio=cfg.max_log_ratio),
+    "dppo": lambda model, cfg: DPPO(model, finetune_steps=cfg.finetune_steps,
+                                    clip=cfg.clip or 0.01, clip_first=cfg.clip_first,
+                                    gamma_denoising=cfg.gamma_denoising,
+                                    eta=1.0 if cfg.eta is None else cfg.eta,
+                                    min_std=cfg.min_std or 0.1,
+                                    min_logprob_std=cfg.min_logprob_std, bc_coef=cfg.bc_coef),
 }
 FIELDS = ["env_steps", "iteration", "eval_success", "rollout_success", "rollout_return",
-          "pg_loss", "v_loss", "approx_kl", "clip_fraction", "seconds"]
+          "pg_loss", "v_loss", "approx_kl", "clip_fraction", "rollout_seconds",
+          "update_seconds", "seconds"]
+
+
+def build_algorithm(model, cfg: FinetuneConfig):
+    if cfg.reward not in ("sparse", "dense"):
+        raise ConfigError(f"reward={cfg.reward!r} must be 'sparse' or 'dense'")
+    if cfg.algo not in ALGORITHMS:
+        raise ConfigError(f"unknown algo '{cfg.algo}'; known: {sorted(ALGORITHMS)}")
+    return ALGORITHMS[cfg.algo](model, cfg)
 
 
 @dataclass
@@ -48,27 +67,50 @@ class FinetuneConfig:
     out: str = "runs/finetune"
     env_steps: int = 100_000  # budget: simulator steps (actions executed), all envs
     n_envs: int = 16
-    n_workers: int | None = None  # subprocesses stepping the envs (default: one per core)
+    rollout_workers: int = 1  # slices of the envs, each rolled out by one worker
+    # Ray: None runs the workers in this process; "auto" starts (or joins this process's)
+    # local cluster; anything else is the address of a cluster to join
+    ray: str | None = None
+    n_workers: int | None = None  # subprocesses stepping each worker's envs (default: cores)
     n_steps: int = 32  # decisions per env per iteration
+    # sparse: 1 at the decision that succeeds; dense: the task's weighted reward terms (on
+    # tasks that end at success, dense per-step terms can outweigh succeeding: a policy
+    # that hovers at the grasp for the whole episode out-earns one that lifts)
+    reward: str = "sparse"
     gamma: float = 0.99  # discount per decision
     gae_lambda: float = 0.95
     update_epochs: int = 4
-    minibatch_size: int = 128
+    minibatch_size: int = 128  # samples: decisions, or (decision, denoising step) pairs
     # Adam's first steps move every weight by about lr whatever the gradient: a chunk's
     # log-likelihood sums T x Da terms, so 3e-4 (cleanrl's) moved a 64-wide MLP's policy by a
     # KL of 0.8 in one step and 3e-5 by ~0.02, PPO's usual range
     lr: float = 3e-5
     critic_lr: float = 1e-3
-    clip: float | None = None  # PPO's clip range (default: 0.2 for ppo, 0.05 for fpo)
+    clip: float | None = None  # PPO's clip (default: ppo 0.2, fpo 0.05, dppo 0.01 at the end)
     vf_coef: float = 0.5
     max_grad_norm: float = 1.0
-    min_std: float = 0.01  # ppo: std floor in the chain's likelihood (normalized units)
+    # ppo: std floor in the likelihood (0.01); dppo: the minimum sampling std (0.1)
+    min_std: float | None = None
+    eta: float | None = None  # the rollout sampler's stochasticity (fpo 0, dppo 1)
+    # ppo: the Gaussian's std at the start (normalized units; None keeps BC's, which fits
+    # the demos' spread: 0.13 on panda_lift, whose first rollout then succeeded in 0.06 of
+    # its episodes where the mean succeeds in 0.46)
+    std: float | None = None
+    eval_eta: float = 0.0  # evaluation's (0: zero noise, FPO++'s deterministic sampling)
     n_mc: int = 8  # fpo: (noise, time) pairs per chunk
     per_pair: bool = False  # fpo: FPO++'s ratio clipped per pair
-    eta: float = 0.0  # fpo: the sampler's stochasticity at rollout (0: the ODE / DDIM)
+    spo_negative: bool = False  # fpo: FPO++'s asymmetric trust region
+    max_log_ratio: float | None = None  # fpo: clamp each pair's loss difference
+    finetune_steps: int | None = None  # dppo: K', the fine-tuned last steps (default all)
+    clip_first: float = 0.001  # dppo: the clip at the noisiest fine-tuned step
+    gamma_denoising: float = 0.99  # dppo: advantage discount per denoising step
+    min_logprob_std: float = 0.1  # dppo: std floor in the likelihood
+    bc_coef: float = 0.0  # dppo: weight of the likelihood of the frozen BC chain
     reward_scaling: bool = True
     eval_every: int = 5  # iterations between deterministic evaluations (0: only at the end)
     eval_episodes: int = 20
+    videos: int = 2  # rollout videos of the final evaluation
+    tensorboard: bool = True
     checkpoint_every: int = 1  # iterations between saved checkpoint + trainer state
     resume: bool = False  # continue from out/finetune_state.pt if it exists
     seed: int = 0
@@ -91,166 +133,166 @@ def save_state(out: Path, model, critic: Critic, optimizer, scaler: RewardScaler
     os.replace(out / f"{STATE_NAME}.tmp", out / STATE_NAME)
 
 
-def to_tensors(obs: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
-    return {k: torch.as_tensor(v) for k, v in obs.items()}
+class Learner:
+    """The model under fine-tuning, its algorithm, critic, optimizer and reward scaler, and
+    the run's progress; restored from ``finetune_state.pt`` when resuming."""
 
+    def __init__(self, cfg: FinetuneConfig):
+        self.cfg, self.out = cfg, Path(cfg.out)
+        self.model = load_model(cfg.checkpoint)
+        self.algo = build_algorithm(self.model, cfg)
+        self.critic = Critic(self.model)
+        self.params = [*self.algo.parameters(), *self.critic.parameters()]
+        self.optimizer = torch.optim.Adam(
+            [{"params": list(self.algo.parameters()), "lr": cfg.lr},
+             {"params": list(self.critic.parameters()), "lr": cfg.critic_lr}])
+        self.scaler = RewardScaler(cfg.n_envs, cfg.gamma) if cfg.reward_scaling else None
+        self.rows, self.env_steps, self.iteration = [], 0, 0
+        if cfg.resume and (self.out / STATE_NAME).exists():
+            self._restore(torch.load(self.out / STATE_NAME, weights_only=True))
 
-def final_obs(info: dict, mask: np.ndarray) -> dict[str, torch.Tensor]:
-    """The last observation windows of the episodes in ``mask``, stacked."""
-    rows = [info["final_obs"][i] for i in np.flatnonzero(mask)]
-    return {k: torch.as_tensor(np.stack([r[k] for r in rows])) for k in rows[0]}
+    def _restore(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.critic.load_state_dict(state["critic"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scaler:
+            self.scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["rng"])
+        self.env_steps, self.iteration = state["env_steps"], state["iteration"]
+        self.rows = list(state["rows"])
+
+    def save(self) -> None:
+        save_state(self.out, self.model, self.critic, self.optimizer, self.scaler,
+                   {"iteration": self.iteration, "env_steps": self.env_steps,
+                    "rows": self.rows})
+
+    def evaluate(self, videos: int = 0) -> float:
+        """Success over ``eval_episodes`` with the sampler at ``eval_eta``."""
+        from robopolicy.train import evaluate_checkpoint
+
+        rollout_eta, self.model.config.eta = self.model.config.eta, self.cfg.eval_eta
+        try:
+            with one_thread():
+                result = evaluate_checkpoint(self.model.eval(), self.cfg.task,
+                                             self.cfg.eval_episodes, 1,
+                                             self.out / "eval" / f"step_{self.env_steps}",
+                                             progress=False, videos=videos)
+        finally:
+            self.model.config.eta = rollout_eta
+        return float(result["success_rate"])
+
+    def advantages(self, rollout: Rollout) -> dict[str, torch.Tensor]:
+        """GAE over the rollout, flattened to the update's batch: ``b_obs``, ``b_rec``,
+        ``b_adv``, ``b_ret``. V is computed for every window in one pass."""
+        cfg, n_steps = self.cfg, len(rollout.rewards)
+        flat = lambda tree: {k: v.flatten(0, 1) for k, v in tree.items()}  # noqa: E731
+        with torch.no_grad():
+            values = self.critic(flat(rollout.obs)).view(n_steps + 1, -1)  # (n_steps + 1, N)
+            final = self.critic(flat(rollout.final_obs)).view(n_steps, -1)
+        truncated = torch.as_tensor(rollout.truncated)
+        next_values = torch.where(truncated, final, values[1:])  # V of where each step led
+        rewards = rollout.rewards
+        if self.scaler:
+            done = rollout.terminated | rollout.truncated
+            rewards = np.stack([self.scaler(r, d) for r, d in zip(rewards, done, strict=True)])
+        advantages, returns = gae(torch.as_tensor(rewards, dtype=torch.float32), values[:-1],
+                                  next_values, torch.as_tensor(rollout.terminated), truncated,
+                                  cfg.gamma, cfg.gae_lambda)  # (n_steps, N)
+        return {"obs": {k: v[:-1].flatten(0, 1) for k, v in rollout.obs.items()},
+                "rec": flat(rollout.records), "adv": advantages.flatten(),
+                "ret": returns.flatten()}
+
+    def update(self, batch: dict) -> dict[str, float]:
+        """``update_epochs`` passes over minibatches of samples: decisions, or for an
+        algorithm with several per decision (DPPO: denoising steps) (decision, step) pairs."""
+        cfg, per = self.cfg, self.algo.samples_per_decision
+        self.model.train()
+        stats = []
+        for _ in range(cfg.update_epochs):
+            for mb in torch.randperm(len(batch["adv"]) * per).split(cfg.minibatch_size):
+                decision = mb // per
+                mb_adv = batch["adv"][decision]
+                mb_adv = (mb_adv - mb_adv.mean()) / (mb_adv.std() + 1e-8)
+                mb_obs = {k: v[decision] for k, v in batch["obs"].items()}
+                mb_rec = {k: v[decision] for k, v in batch["rec"].items()}
+                if per > 1:
+                    mb_rec["inner"] = mb % per
+                pg_loss, info = self.algo.policy_loss(mb_obs, mb_rec, mb_adv)
+                v_loss = 0.5 * (self.critic(mb_obs) - batch["ret"][decision]).square().mean()
+                self.optimizer.zero_grad()
+                (pg_loss + cfg.vf_coef * v_loss).backward()
+                torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
+                self.optimizer.step()
+                stats.append([pg_loss.item(), v_loss.item(), info["approx_kl"].item(),
+                              info["clip_fraction"].item()])
+        return dict(zip(("pg_loss", "v_loss", "approx_kl", "clip_fraction"),
+                        (float(v) for v in np.mean(stats, axis=0)), strict=True))
 
 
 def finetune(cfg: FinetuneConfig, progress: bool = True) -> dict:
     """Fine-tune ``cfg.checkpoint`` on ``cfg.task``; writes ``out/checkpoint``,
-    ``metrics.csv``, ``learning_curve.png`` and ``summary.json``; returns the summary."""
-    from robopolicy.train import evaluate_checkpoint
-
-    if cfg.algo not in ALGORITHMS:
-        raise ConfigError(f"unknown algo '{cfg.algo}'; known: {sorted(ALGORITHMS)}")
+    ``metrics.csv``, TensorBoard events, ``learning_curve.png``, rollout videos and
+    ``summary.json``; returns the summary."""
     torch.manual_seed(cfg.seed)
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    state = None
-    if cfg.resume and (out / STATE_NAME).exists():
-        state = torch.load(out / STATE_NAME, weights_only=True)  # plain tensors and numbers
-    model = load_model(cfg.checkpoint)
-    algo = ALGORITHMS[cfg.algo](model, cfg)
-    critic = Critic(model)
-    optimizer = torch.optim.Adam([{"params": model.parameters(), "lr": cfg.lr},
-                                  {"params": critic.parameters(), "lr": cfg.critic_lr}])
-    chunk = (model.config.n_obs_steps, model.config.n_action_steps)
-    scaler = RewardScaler(cfg.n_envs, cfg.gamma) if cfg.reward_scaling else None
-    rows, env_steps, iteration, t0 = [], 0, 0, time.perf_counter()
-    if state:
-        model.load_state_dict(state["model"])
-        critic.load_state_dict(state["critic"])
-        optimizer.load_state_dict(state["optimizer"])
-        if scaler:
-            scaler.load_state_dict(state["scaler"])
-        torch.set_rng_state(state["rng"])
-        env_steps, iteration, rows = state["env_steps"], state["iteration"], list(state["rows"])
-        t0 -= rows[-1]["seconds"]  # the wall clock continues from the saved iteration
-
-    def evaluate(step: int) -> float:
-        result = evaluate_checkpoint(model.eval(), cfg.task, cfg.eval_episodes, 1,
-                                     out / "eval" / f"step_{step}", progress=False, videos=0)
-        return float(result["success_rate"])
-
-    log = open(out / "metrics.csv", "w", newline="")  # noqa: SIM115 (appended row by row)
-    writer = csv.DictWriter(log, fieldnames=FIELDS)
-    writer.writeheader()
-    writer.writerows(rows)  # a resumed run's earlier iterations
+    learner = Learner(cfg)
+    log = MetricsLog(learner.out, learner.rows, cfg.tensorboard, fields=FIELDS,
+                     step_key="env_steps", plot=plot_success,
+                     title=f"{cfg.algo} on {cfg.task}")
+    t0 = time.perf_counter() - (learner.rows[-1]["seconds"] if learner.rows else 0.0)
 
     def log_row(row: dict) -> None:
-        rows.append(row)
-        writer.writerow(row)
-        log.flush()  # a crash keeps every iteration measured so far
+        learner.rows.append(row)
+        log.log(row)  # a crash keeps every iteration measured so far
 
-    if not rows:
-        log_row({"env_steps": 0, "iteration": 0, "eval_success": evaluate(0), "seconds": 0.0})
-    bar = tqdm(total=cfg.env_steps, desc=f"{cfg.algo} on {cfg.task}", disable=not progress,
-               unit="step")
-    with VectorEnv(cfg.task, cfg.n_envs, chunk=chunk, n_workers=cfg.n_workers) as envs:
-        low = torch.as_tensor(envs.single_action_space.low)
-        high = torch.as_tensor(envs.single_action_space.high)
-        # a resumed run restarts its episodes (envs cannot be saved), seeded anew
-        obs = to_tensors(envs.reset(seed=cfg.seed + 1000 * iteration)[0])
-        episode_return = np.zeros(cfg.n_envs)
-        while env_steps < cfg.env_steps:
-            iteration += 1
-            # --- rollout: n_steps decisions in every env
-            model.eval()
-            buf_obs, buf_rec, rewards, values, next_values = [], [], [], [], []
-            terminated, truncated, finished = [], [], []
-            with torch.no_grad():
-                value = critic(obs)  # anew each rollout: the update changed the critic
-            for _ in range(cfg.n_steps):
-                naction, record = algo.act(obs)
-                chunk_raw = model.chunk_actions(naction)["action"]  # (N, Ta, Da)
-                chunk_raw = torch.clamp(chunk_raw, low, high)
-                values.append(value)
-                next_obs, reward, term, trunc, info = envs.step(chunk_raw.numpy())
-                done = term | trunc
-                env_steps += int(step_info(info, "env_steps", done).sum())
-                episode_return += reward
-                success = step_info(info, "success", done)
-                finished += [(episode_return[i], bool(success[i])) for i in np.flatnonzero(done)]
-                episode_return[done] = 0.0
-                buf_obs.append(obs)
-                buf_rec.append(record)
-                rewards.append(scaler(reward, done) if scaler else reward)
-                terminated.append(term)
-                truncated.append(trunc)
-                obs = to_tensors(next_obs)
-                # V of where each step led: the next window (also the next step's value), or
-                # the cut episode's last one
-                with torch.no_grad():
-                    value = critic(obs)
-                    nxt = value.clone()
-                    if trunc.any():
-                        nxt[torch.as_tensor(trunc)] = critic(final_obs(info, trunc))
-                next_values.append(nxt)
-            bar.update(env_steps - bar.n)
-
-            # --- advantages
-            stack = lambda xs: torch.as_tensor(np.stack(xs), dtype=torch.float32)  # noqa: E731
-            advantages, returns = gae(stack(rewards), torch.stack(values),
-                                      torch.stack(next_values),
-                                      torch.as_tensor(np.stack(terminated)),
-                                      torch.as_tensor(np.stack(truncated)),
-                                      cfg.gamma, cfg.gae_lambda)  # (n_steps, N)
-            b_obs = {k: torch.cat([o[k] for o in buf_obs]) for k in buf_obs[0]}
-            b_rec = {k: torch.cat([r[k] for r in buf_rec]) for k in buf_rec[0]}
-            b_adv, b_ret = advantages.flatten(), returns.flatten()
-
-            # --- update epochs over minibatches
-            model.train()
-            stats = []
-            for _ in range(cfg.update_epochs):
-                for mb in torch.randperm(len(b_adv)).split(cfg.minibatch_size):
-                    mb_adv = b_adv[mb]
-                    mb_adv = (mb_adv - mb_adv.mean()) / (mb_adv.std() + 1e-8)
-                    mb_obs = {k: v[mb] for k, v in b_obs.items()}
-                    pg_loss, info_pg = algo.policy_loss(
-                        mb_obs, {k: v[mb] for k, v in b_rec.items()}, mb_adv)
-                    v_loss = 0.5 * (critic(mb_obs) - b_ret[mb]).square().mean()
-                    loss = pg_loss + cfg.vf_coef * v_loss
-                    optimizer.zero_grad()
-                    loss.backward()
-                    torch.nn.utils.clip_grad_norm_([*model.parameters(), *critic.parameters()],
-                                                   cfg.max_grad_norm)
-                    optimizer.step()
-                    stats.append([pg_loss.item(), v_loss.item(), info_pg["approx_kl"].item(),
-                                  info_pg["clip_fraction"].item()])
-
-            # --- log and evaluate
-            pg, vl, kl, clipfrac = (float(v) for v in np.mean(stats, axis=0))
-            row = {"env_steps": env_steps, "iteration": iteration, "pg_loss": pg, "v_loss": vl,
-                   "approx_kl": kl, "clip_fraction": clipfrac,
+    if not learner.rows:
+        log_row({"env_steps": 0, "iteration": 0, "eval_success": learner.evaluate(),
+                 "seconds": 0.0})
+    bar = tqdm(total=cfg.env_steps, initial=learner.env_steps, unit="step",
+               desc=f"{cfg.algo} on {cfg.task}", disable=not progress)
+    workers = make_workers(cfg, learner.model, learner.algo)
+    try:
+        while learner.env_steps < cfg.env_steps:
+            learner.iteration += 1
+            # --- rollout in every worker's envs with the current weights
+            t_rollout = time.perf_counter()
+            workers.sync(learner.model)
+            rollout = workers.rollout(learner.iteration)
+            learner.env_steps += rollout.env_steps
+            bar.update(learner.env_steps - bar.n)
+            # --- advantages, then update epochs over minibatches
+            t_update = time.perf_counter()
+            stats = learner.update(learner.advantages(rollout))
+            # --- log, evaluate, save
+            row = {"env_steps": learner.env_steps, "iteration": learner.iteration, **stats,
+                   "rollout_seconds": round(t_update - t_rollout, 2),
+                   "update_seconds": round(time.perf_counter() - t_update, 2),
                    "seconds": round(time.perf_counter() - t0, 1)}
-            if finished:
-                row["rollout_success"] = float(np.mean([s for _, s in finished]))
-                row["rollout_return"] = float(np.mean([r for r, _ in finished]))
-            last = env_steps >= cfg.env_steps
-            if last or (cfg.eval_every and iteration % cfg.eval_every == 0):
-                row["eval_success"] = evaluate(env_steps)
+            if rollout.successes:
+                row["rollout_success"] = float(np.mean(rollout.successes))
+                row["rollout_return"] = float(np.mean(rollout.returns))
+            last = learner.env_steps >= cfg.env_steps
+            if last or (cfg.eval_every and learner.iteration % cfg.eval_every == 0):
+                row["eval_success"] = learner.evaluate(videos=cfg.videos if last else 0)
             log_row(row)
-            if last or iteration % cfg.checkpoint_every == 0:
-                save_state(out, model, critic, optimizer, scaler,
-                           {"iteration": iteration, "env_steps": env_steps, "rows": rows})
-    bar.close()
-    log.close()
-    plot_success(rows, out / "learning_curve.png", f"{cfg.algo} on {cfg.task}")
-    summary = {"algo": cfg.algo, "task": cfg.task, "env_steps": env_steps,
-               "seconds": round(time.perf_counter() - t0, 1),
-               "start_success": rows[0]["eval_success"], "final_success": rows[-1]["eval_success"],
-               "checkpoint": str(out / "checkpoint"), "config": asdict(cfg)}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+            if last or learner.iteration % cfg.checkpoint_every == 0:
+                learner.save()
+    finally:
+        workers.close()
+        bar.close()
+        log.close(learner.rows)
+    rows = learner.rows
+    summary = {"algo": cfg.algo, "task": cfg.task, "family": learner.model.config.family,
+               "env_steps": learner.env_steps, "seconds": round(time.perf_counter() - t0, 1),
+               "start_success": rows[0]["eval_success"],
+               "final_success": rows[-1]["eval_success"],
+               "env_steps_to_0.9": next((r["env_steps"] for r in rows
+                                         if r.get("eval_success", 0) >= 0.9), None),
+               "checkpoint": str(learner.out / "checkpoint"), "config": asdict(cfg)}
+    (learner.out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 
 
-def plot_success(rows: list[dict], path: Path, title: str) -> None:
+def plot_success(rows: list[dict], path: Path, title: str = "fine-tuning") -> None:
     """Success against environment steps: the deterministic evaluations and the rollouts'."""
     import matplotlib
 
@@ -289,9 +331,15 @@ def add_parser(subparsers) -> None:
 def main(args) -> int:
     import sys
 
-    config_path, overrides = args.config, list(args.overrides)
-    if config_path and "=" in config_path:  # only overrides were given
-        config_path, overrides = None, [config_path, *overrides]
+    # argparse may hand the config file back among the overrides (after options) or an
+    # override as the config (when no file is given): sort them by the "="
+    given = [args.config] if args.config else []
+    given += list(args.overrides)
+    files = [a for a in given if "=" not in a]
+    if len(files) > 1:
+        raise ConfigError(f"one CONFIG.yaml at most, got {files}")
+    config_path = files[0] if files else None
+    overrides = [a for a in given if "=" in a]
     values = read_values(config_path, overrides)
     values |= {"checkpoint": args.checkpoint, "algo": args.algo, "task": args.task}
     summary = finetune(build_config(FinetuneConfig, values, config_path or "overrides"),

@@ -9,6 +9,8 @@ under the current parameters. It wraps the model and uses it only through the pr
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from robopolicy.errors import ConfigError
@@ -21,11 +23,20 @@ class ChainPPO:
     """The chunk is the last state of the chain, its log-likelihood the sum over the chain's
     transitions and over (T, Da). ``min_std`` floors the std in that likelihood."""
 
-    def __init__(self, model: ActionModel, clip: float, min_std: float):
+    def __init__(self, model: ActionModel, clip: float, min_std: float,
+                 std: float | None = None):
         if model.config.family != "gaussian":
             raise ConfigError(f"algo ppo fine-tunes the gaussian family; this checkpoint is "
-                              f"'{model.config.family}'; use --algo fpo for it")
+                              f"'{model.config.family}'; use --algo dppo or fpo for it")
         self.model, self.clip, self.min_std = model, clip, min_std
+        if std is not None:  # BC fits the std to the demos' spread, not to exploration
+            with torch.no_grad():
+                model.log_std.fill_(math.log(std))
+
+    samples_per_decision = 1
+
+    def parameters(self):
+        return self.model.parameters()
 
     def _log_prob(self, chain: Chain, cond: torch.Tensor) -> torch.Tensor:
         logp = self.model.chain_log_prob(chain, cond, reduce="sum", eta=1.0,
@@ -33,11 +44,13 @@ class ChainPPO:
         return logp.sum(dim=1)
 
     @torch.no_grad()
-    def act(self, obs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def act(self, obs: dict[str, torch.Tensor], generator: torch.Generator | None = None
+            ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Normalized chunks (B, T, Da) for a batch of observation windows, and per sample
         what :meth:`policy_loss` needs: the visited states and their log-likelihood."""
         cond = self.model.encode_obs(obs)  # (B, Dc)
-        chain = self.model.sample(cond, eta=1.0, min_std=self.min_std, return_chain=True)
+        chain = self.model.sample(cond, eta=1.0, min_std=self.min_std, return_chain=True,
+                                  generator=generator)
         self.steps = chain.steps  # (K,): the same schedule for every sample
         return chain.x[:, -1], {"chain": chain.x, "logp": self._log_prob(chain, cond)}
 

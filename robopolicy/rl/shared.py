@@ -76,22 +76,28 @@ class RewardScaler:
         self.stats.count = state["count"]
 
 
-def clipped_surrogate(log_ratio: torch.Tensor, advantages: torch.Tensor, clip_low: float,
-                      clip_high: float | None = None) -> tuple[torch.Tensor, dict]:
+def clipped_surrogate(log_ratio: torch.Tensor, advantages: torch.Tensor, clip: float | torch.Tensor,
+                      spo_negative: bool = False) -> tuple[torch.Tensor, dict]:
     """PPO's clipped policy loss, mean over the batch, and its diagnostics.
 
-    The ratio ``exp(log_ratio)`` is kept within ``[1 - clip_low, 1 + clip_high]``
-    (``clip_high`` defaults to ``clip_low``; FPO++'s asymmetric trust region sets them
-    apart). ``log_ratio`` and ``advantages`` broadcast, so per-sample clip values (DPPO's
-    clip growing along the denoising chain) come in as tensors of the same shape.
+    The ratio ``exp(log_ratio)`` is kept within ``[1 - clip, 1 + clip]``. ``log_ratio`` and
+    ``advantages`` broadcast, so per-sample clip values (DPPO's clip growing along the
+    denoising chain) come in as tensors of the same shape. ``spo_negative`` is FPO++'s
+    asymmetric trust region: samples with a negative advantage use SPO's penalty
+    ``A r - |A| (r - 1)^2 / (2 clip)`` instead of the clip, which keeps pulling the ratio
+    back toward the region rather than dropping its gradient once outside (lowering a
+    likelihood without bound is what destabilizes flow policies), while positive
+    advantages keep PPO's clip. At ratio 1 both have PPO's gradient.
     """
-    clip_high = clip_low if clip_high is None else clip_high
     ratio = log_ratio.exp()
     unclipped = -advantages * ratio
-    clipped = -advantages * ratio.clamp(1.0 - clip_low, 1.0 + clip_high)
-    loss = torch.maximum(unclipped, clipped).mean()
+    clipped = -advantages * ratio.clamp(1.0 - clip, 1.0 + clip)
+    loss = torch.maximum(unclipped, clipped)
+    if spo_negative:
+        spo = unclipped + advantages.abs() * (ratio - 1.0).square() / (2 * clip)
+        loss = torch.where(advantages < 0, spo, loss)
     with torch.no_grad():
         # Schulman's low-variance KL estimator, and how often the clip was active
         approx_kl = ((ratio - 1.0) - log_ratio).mean()
-        clip_fraction = ((ratio < 1.0 - clip_low) | (ratio > 1.0 + clip_high)).float().mean()
-    return loss, {"approx_kl": approx_kl, "clip_fraction": clip_fraction}
+        clip_fraction = ((ratio - 1.0).abs() > clip).float().mean()
+    return loss.mean(), {"approx_kl": approx_kl, "clip_fraction": clip_fraction}

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,7 +15,7 @@ import torch
 from robopolicy.cli import main
 from robopolicy.errors import ConfigError
 from robopolicy.policies import load_model
-from robopolicy.rl.loop import STATE_NAME, FinetuneConfig, finetune
+from robopolicy.rl.loop import ALGORITHMS, STATE_NAME, FinetuneConfig, finetune
 from robopolicy.sim.collect import collect
 from robopolicy.train import TrainConfig, train
 
@@ -62,17 +63,19 @@ def test_ppo_raises_a_weak_policy_from_at_most_half_to_at_least_0_8(weak_policy,
 @pytest.mark.slow
 def test_fpo_raises_a_weak_flow_policy(demos, tmp_path):
     """FPO needs no likelihood: the flow model samples by its deterministic ODE, exploring
-    through the start noise alone. Measured from this start: 0.48 -> 0.96 (seed 0); with
-    seeds 1 and 2, 0.62 -> 0.92 and 0.70 -> 0.96."""
+    through the start noise alone. Measured from this start with the dense reward: 0.48 ->
+    0.96 (seed 0); with seeds 1 and 2, 0.62 -> 0.92 and 0.70 -> 0.96 (0.82 with the sparse
+    one)."""
     summary = finetune(FinetuneConfig(checkpoint=weak_bc(demos, "flow", 150), task="reach",
                                       algo="fpo", out=str(tmp_path / "fpo"), env_steps=40_000,
-                                      eval_every=0, eval_episodes=50), progress=False)
+                                      eval_every=0, eval_episodes=50, reward="dense"),
+                       progress=False)
     assert summary["final_success"] >= 0.85, summary
     assert summary["final_success"] >= summary["start_success"] + 0.2, summary
 
 
 def test_finetune_errors_are_one_line(weak_policy, tmp_path, capsys):
-    with pytest.raises(ConfigError, match="unknown algo 'sac'; known: \\['fpo', 'ppo'\\]"):
+    with pytest.raises(ConfigError, match="unknown algo 'sac'; known: \\['dppo', 'fpo', 'ppo'\\]"):
         finetune(FinetuneConfig(checkpoint=weak_policy, task="reach", algo="sac",
                                 out=str(tmp_path)))
     assert main(["finetune", weak_policy, "--algo", "ppo", "--task", "reach",
@@ -112,3 +115,36 @@ def test_a_killed_run_resumes_from_its_last_saved_iteration(weak_policy, tmp_pat
     assert int(rows[saved["iteration"] + 1]["env_steps"]) > saved["env_steps"]
     assert summary["env_steps"] >= saved["env_steps"] + 4000
     assert summary["start_success"] == float(rows[0]["eval_success"])  # from the first run
+
+
+@pytest.mark.parametrize("path", sorted(Path("configs").glob("*/finetune_*.yaml")))
+def test_finetune_configs_are_valid(path, weak_policy):
+    """Every shipped fine-tuning config builds (no unknown key, every value typed), names
+    the algorithm its file does, and builds that algorithm on a model of its family."""
+    from robopolicy.config import build_config, read_values
+
+    values = read_values(str(path), []) | {"checkpoint": weak_policy, "task": "reach",
+                                           "algo": path.stem.removeprefix("finetune_")}
+    cfg = build_config(FinetuneConfig, values, str(path))
+    assert cfg.algo in ALGORITHMS and cfg.env_steps <= 1_000_000
+
+
+def test_bad_reward_and_missing_ray_address_are_one_line(weak_policy, tmp_path):
+    with pytest.raises(ConfigError, match="reward='shaped' must be 'sparse' or 'dense'"):
+        finetune(FinetuneConfig(checkpoint=weak_policy, task="reach", reward="shaped",
+                                out=str(tmp_path)), progress=False)
+
+
+@pytest.mark.slow
+def test_quickstart_rl_tells_the_whole_story_on_a_tiny_budget(tmp_path, capsys):
+    """The wiring of `robopolicy quickstart --rl` (the README records a full run's numbers):
+    demos, weak BC, FPO, success after each stage, both curves."""
+    assert main(["quickstart", "--rl", "--out", str(tmp_path), "--episodes", "4",
+                 "--env-steps", "600", "--eval-episodes", "2", "--steps", "20"]) == 0
+    out = capsys.readouterr().out
+    assert "[1/3]" in out and "[2/3] weak BC policy: success" in out and "[3/3] FPO" in out
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["env_steps"] >= 600 and summary["n_demos"] == 4
+    for curve in ("bc_curve", "rl_curve"):
+        assert Path(summary[curve]).stat().st_size > 0
+    assert load_model(summary["checkpoint"]).config.family == "flow"

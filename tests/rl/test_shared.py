@@ -75,10 +75,12 @@ def test_clipped_surrogate_gradient_equals_the_unclipped_one_at_the_old_paramete
     theta_old = torch.randn(3)
     theta = theta_old.clone().requires_grad_(True)
     log_ratio = features @ theta - features @ theta_old  # 0 at the old parameters
-    loss, info = clipped_surrogate(log_ratio, advantages, 0.2)
-    (grad,) = torch.autograd.grad(loss, theta, retain_graph=True)
-    (plain,) = torch.autograd.grad(-(advantages * log_ratio.exp()).mean(), theta)
-    torch.testing.assert_close(grad, plain)
+    (plain,) = torch.autograd.grad(-(advantages * log_ratio.exp()).mean(), theta,
+                                   retain_graph=True)
+    for spo in (False, True):  # the asymmetric region has PPO's gradient there too
+        loss, info = clipped_surrogate(log_ratio, advantages, 0.2, spo_negative=spo)
+        (grad,) = torch.autograd.grad(loss, theta, retain_graph=True)
+        torch.testing.assert_close(grad, plain)
     assert loss.item() == pytest.approx(-advantages.mean().item(), abs=1e-6)
     assert info["clip_fraction"].item() == 0.0 and abs(info["approx_kl"].item()) < 1e-7
 
@@ -86,12 +88,17 @@ def test_clipped_surrogate_gradient_equals_the_unclipped_one_at_the_old_paramete
 def test_clipped_surrogate_stops_the_gradient_outside_the_trust_region():
     log_ratio = torch.tensor([0.5, -0.5, 0.5, -0.5], requires_grad=True)
     advantages = torch.tensor([1.0, -1.0, -1.0, 1.0])
-    loss, info = clipped_surrogate(log_ratio, advantages, 0.2, clip_high=0.3)
+    loss, info = clipped_surrogate(log_ratio, advantages, 0.2)
     (grad,) = torch.autograd.grad(loss, log_ratio)
-    # ratio above 1.3 with A > 0 and below 0.8 with A < 0: clipped, no gradient; the other
+    # ratio above 1.2 with A > 0 and below 0.8 with A < 0: clipped, no gradient; the other
     # two move the ratio back toward the region and keep theirs
     assert grad[0] == 0 and grad[1] == 0 and grad[2] != 0 and grad[3] != 0
     assert info["clip_fraction"].item() == 1.0
+    # FPO++'s asymmetric region: a negative advantage far below the region is pulled back
+    # (descent raises its log-ratio), a positive one keeps PPO's clip
+    loss, _ = clipped_surrogate(log_ratio, advantages, 0.2, spo_negative=True)
+    (grad,) = torch.autograd.grad(loss, log_ratio)
+    assert grad[0] == 0 and grad[1] < 0 and grad[2] > 0 and grad[3] != 0
     per_sample = torch.tensor([0.1, 0.2])  # DPPO's clip per denoising step broadcasts
     loss, _ = clipped_surrogate(torch.tensor([[0.3, 0.3]]), torch.ones(1, 2), per_sample)
     expected = -torch.tensor([1.1, 1.2]).mean()
