@@ -1,4 +1,6 @@
-"""Every experiment file in configs/ loads, builds its model and samples a chunk."""
+"""Every training config in configs/ loads, builds its model and samples a chunk.
+
+Fine-tuning configs (``finetune_*.yaml``) are checked in tests/rl/test_finetune.py."""
 
 from pathlib import Path
 
@@ -9,7 +11,8 @@ import torch
 from robopolicy.policies import MODELS
 from robopolicy.train import load_config
 
-CONFIGS = sorted((Path(__file__).parents[1] / "configs").rglob("*.yaml"))
+CONFIGS = sorted(p for p in (Path(__file__).parents[1] / "configs").rglob("*.yaml")
+                 if not p.name.startswith("finetune_"))
 ROBOSUITE_ARM = {"robot0_eef_pos": 3, "robot0_eef_quat": 4, "robot0_gripper_qpos": 2}
 # Low-dim observation widths and the action width of each task the configs evaluate on.
 TASK_SHAPES = {
