@@ -94,12 +94,18 @@ class Normalizer(nn.Module):
             raise MissingStatsError(f"normalizer has no statistics for '{key}' "
                                     f"(it has: {', '.join(self.keys) or 'none'})")
         if check and not self._checked:
-            unfitted = [k for k in self.keys if torch.isnan(self.params[k].scale).any()]
-            if unfitted:
-                raise MissingStatsError(f"normalizer keys {unfitted} were never fitted; build it "
-                                        "with Normalizer.from_stats or load a checkpoint")
-            self._checked = True
+            self.check_fitted()
         return self.params[key]
+
+    def check_fitted(self) -> None:
+        """Every key has statistics (else one MissingStatsError line). Checked once: the check
+        reads values (a GPU sync, a branch a compiler or a CUDA graph cannot trace), so
+        callers that compile or capture the normalizer call it first."""
+        unfitted = [k for k in self.keys if torch.isnan(self.params[k].scale).any()]
+        if unfitted:
+            raise MissingStatsError(f"normalizer keys {unfitted} were never fitted; build it "
+                                    "with Normalizer.from_stats or load a checkpoint")
+        self._checked = True
 
     def normalize(self, key: str, x: torch.Tensor) -> torch.Tensor:
         p = self._params(key)

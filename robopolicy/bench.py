@@ -8,7 +8,7 @@ import importlib
 # area -> module with run(workdir, quick) -> list of result dicts
 BENCHMARKS = {"data": "robopolicy.data.benchmark", "sim": "robopolicy.sim.benchmark",
               "models": "robopolicy.policies.benchmark", "teleop": "robopolicy.teleop.benchmark",
-              "rl": "robopolicy.rl.benchmark"}
+              "rl": "robopolicy.rl.benchmark", "engine": "robopolicy.engine.benchmark"}
 
 
 def add_parser(subparsers) -> None:

@@ -47,7 +47,7 @@ ALGORITHMS = {
                                     min_logprob_std=cfg.min_logprob_std, bc_coef=cfg.bc_coef),
 }
 FIELDS = ["env_steps", "iteration", "eval_success", "rollout_success", "rollout_return",
-          "pg_loss", "v_loss", "approx_kl", "clip_fraction", "rollout_seconds",
+          "pg_loss", "v_loss", "approx_kl", "clip_fraction", "epochs", "lr", "rollout_seconds",
           "update_seconds", "seconds"]
 
 
@@ -86,6 +86,14 @@ class FinetuneConfig:
     # KL of 0.8 in one step and 3e-5 by ~0.02, PPO's usual range
     lr: float = 3e-5
     critic_lr: float = 1e-3
+    # the policy's lr decays linearly to 0 at the env-step budget (cleanrl's anneal_lr): late
+    # iterations, where the policy is near its best, take ever smaller steps
+    anneal_lr: bool = False
+    # iterations at the start that train only the critic: a random V gives advantages that
+    # are noise, and the first policy steps would follow them
+    critic_warmup: int = 0
+    # stop an iteration's update epochs once an epoch's mean approx KL passes this (None: never)
+    target_kl: float | None = None
     clip: float | None = None  # PPO's clip (default: ppo 0.2, fpo 0.05, dppo 0.01 at the end)
     vf_coef: float = 0.5
     max_grad_norm: float = 1.0
@@ -142,7 +150,6 @@ class Learner:
         self.model = load_model(cfg.checkpoint)
         self.algo = build_algorithm(self.model, cfg)
         self.critic = Critic(self.model)
-        self.params = [*self.algo.parameters(), *self.critic.parameters()]
         self.optimizer = torch.optim.Adam(
             [{"params": list(self.algo.parameters()), "lr": cfg.lr},
              {"params": list(self.critic.parameters()), "lr": cfg.critic_lr}])
@@ -204,29 +211,50 @@ class Learner:
 
     def update(self, batch: dict) -> dict[str, float]:
         """``update_epochs`` passes over minibatches of samples: decisions, or for an
-        algorithm with several per decision (DPPO: denoising steps) (decision, step) pairs."""
+        algorithm with several per decision (DPPO: denoising steps) (decision, step) pairs.
+        During the critic warm-up only V learns; ``target_kl`` ends the epochs early."""
         cfg, per = self.cfg, self.algo.samples_per_decision
+        train_policy = self.iteration > cfg.critic_warmup
+        self.optimizer.param_groups[0]["lr"] = self.policy_lr() if train_policy else 0.0
         self.model.train()
-        stats = []
-        for _ in range(cfg.update_epochs):
-            for mb in torch.randperm(len(batch["adv"]) * per).split(cfg.minibatch_size):
-                decision = mb // per
-                mb_adv = batch["adv"][decision]
-                mb_adv = (mb_adv - mb_adv.mean()) / (mb_adv.std() + 1e-8)
-                mb_obs = {k: v[decision] for k, v in batch["obs"].items()}
-                mb_rec = {k: v[decision] for k, v in batch["rec"].items()}
-                if per > 1:
-                    mb_rec["inner"] = mb % per
-                pg_loss, info = self.algo.policy_loss(mb_obs, mb_rec, mb_adv)
-                v_loss = 0.5 * (self.critic(mb_obs) - batch["ret"][decision]).square().mean()
-                self.optimizer.zero_grad()
-                (pg_loss + cfg.vf_coef * v_loss).backward()
-                torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
-                self.optimizer.step()
-                stats.append([pg_loss.item(), v_loss.item(), info["approx_kl"].item(),
-                              info["clip_fraction"].item()])
-        return dict(zip(("pg_loss", "v_loss", "approx_kl", "clip_fraction"),
-                        (float(v) for v in np.mean(stats, axis=0)), strict=True))
+        stats, epochs = [], 0
+        while epochs < cfg.update_epochs:
+            epochs += 1
+            epoch_stats = [self._step(batch, mb, per, train_policy)
+                           for mb in torch.randperm(len(batch["adv"]) * per).split(
+                               cfg.minibatch_size)]
+            stats += epoch_stats
+            if cfg.target_kl is not None and np.mean([s[2] for s in epoch_stats]) > cfg.target_kl:
+                break
+        means = (float(v) for v in np.mean(stats, axis=0))
+        return dict(zip(("pg_loss", "v_loss", "approx_kl", "clip_fraction"), means,
+                        strict=True)) | {"epochs": epochs,
+                                         "lr": self.optimizer.param_groups[0]["lr"]}
+
+    def policy_lr(self) -> float:
+        """The policy's learning rate this iteration (linear decay to 0 with ``anneal_lr``)."""
+        if not self.cfg.anneal_lr:
+            return self.cfg.lr
+        return self.cfg.lr * max(0.0, 1.0 - self.env_steps / self.cfg.env_steps)
+
+    def _step(self, batch: dict, mb: torch.Tensor, per: int, train_policy: bool) -> list[float]:
+        """One gradient step on the minibatch of sample indices ``mb``."""
+        decision = mb // per
+        mb_adv = batch["adv"][decision]
+        mb_adv = (mb_adv - mb_adv.mean()) / (mb_adv.std() + 1e-8)
+        mb_obs = {k: v[decision] for k, v in batch["obs"].items()}
+        mb_rec = {k: v[decision] for k, v in batch["rec"].items()}
+        if per > 1:
+            mb_rec["inner"] = mb % per
+        pg_loss, info = self.algo.policy_loss(mb_obs, mb_rec, mb_adv)
+        v_loss = 0.5 * (self.critic(mb_obs) - batch["ret"][decision]).square().mean()
+        self.optimizer.zero_grad()
+        ((pg_loss if train_policy else 0.0) + self.cfg.vf_coef * v_loss).backward()
+        for group in self.optimizer.param_groups:  # apart, as DPPO: V's scale is not the policy's
+            torch.nn.utils.clip_grad_norm_(group["params"], self.cfg.max_grad_norm)
+        self.optimizer.step()
+        return [pg_loss.item(), v_loss.item(), info["approx_kl"].item(),
+                info["clip_fraction"].item()]
 
 
 def finetune(cfg: FinetuneConfig, progress: bool = True) -> dict:

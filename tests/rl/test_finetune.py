@@ -74,6 +74,40 @@ def test_fpo_raises_a_weak_flow_policy(demos, tmp_path):
     assert summary["final_success"] >= summary["start_success"] + 0.2, summary
 
 
+def test_critic_warmup_then_annealed_steps_stopped_by_target_kl(weak_policy, tmp_path):
+    """Iteration 1 of a 1-iteration warm-up moves V and not the policy; iteration 2 moves the
+    policy at the linearly annealed lr and stops after one epoch (any KL passes 0)."""
+    from robopolicy.rl.loop import Learner
+    from robopolicy.rl.rollout import make_workers
+
+    cfg = FinetuneConfig(checkpoint=weak_policy, task="reach", out=str(tmp_path), n_envs=4,
+                         n_steps=8, env_steps=1000, update_epochs=4, minibatch_size=16,
+                         critic_warmup=1, anneal_lr=True, target_kl=0.0)
+    learner = Learner(cfg)
+    workers = make_workers(cfg, learner.model, learner.algo)
+    snapshot = lambda module: [p.detach().clone() for p in module.parameters()]  # noqa: E731
+    try:
+        for iteration in (1, 2):
+            learner.iteration = iteration
+            workers.sync(learner.model)
+            rollout = workers.rollout(iteration)
+            learner.env_steps += rollout.env_steps
+            policy, critic = snapshot(learner.algo), snapshot(learner.critic)
+            stats = learner.update(learner.advantages(rollout))
+            policy_moved = any(not torch.equal(a, b)
+                               for a, b in zip(policy, snapshot(learner.algo), strict=True))
+            assert policy_moved == (iteration == 2)
+            assert any(not torch.equal(a, b)
+                       for a, b in zip(critic, snapshot(learner.critic), strict=True))
+            if iteration == 1:
+                assert stats["lr"] == 0.0 and stats["epochs"] == 4
+        assert stats["epochs"] == 1
+        assert stats["lr"] == pytest.approx(cfg.lr * (1 - learner.env_steps / cfg.env_steps))
+        assert 0 < stats["lr"] < cfg.lr
+    finally:
+        workers.close()
+
+
 def test_finetune_errors_are_one_line(weak_policy, tmp_path, capsys):
     with pytest.raises(ConfigError, match="unknown algo 'sac'; known: \\['dppo', 'fpo', 'ppo'\\]"):
         finetune(FinetuneConfig(checkpoint=weak_policy, task="reach", algo="sac",
