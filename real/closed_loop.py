@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 from tqdm.auto import tqdm
 
 from robopolicy.engine import InferenceEngine
@@ -27,13 +28,24 @@ from robopolicy.sim.core import make_env
 from robopolicy.sim.evaluate import wilson_interval
 
 
+class SimClock:
+    """Simulated time for ``realtime=False``: advanced one control period per tick."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def run_episode(env, controller: Controller, engine: InferenceEngine, seed: int,
                 realtime: bool = True) -> dict:
-    """One episode at the env's control rate; returns success, length, and when it ran dry."""
+    """One episode at the env's control rate; returns success, length, failure, holds."""
     obs, _ = env.reset(seed=seed)
     controller.reset()
     engine.reset()
-    controller.safety.rearm()  # each episode starts commanding from the measured pose
+    # each episode starts commanding from the measured pose and gripper opening
+    controller.safety.rearm(gripper=float(obs["gripper_pos"][0]))
     period = 1.0 / env.fps
     start, success, failure, holds = time.monotonic(), False, "", 0
     for step in range(env.max_episode_steps):
@@ -51,29 +63,48 @@ def run_episode(env, controller: Controller, engine: InferenceEngine, seed: int,
             break
         if realtime:  # sleep to the next tick of the wall clock
             time.sleep(max(0.0, start + (step + 1) * period - time.monotonic()))
+        else:
+            controller.clock.now += period
     return {"success": success, "length": step + 1, "failure": failure, "holds": holds}
 
 
-def closed_loop(checkpoint: str, task: str = "panda_lift", episodes: int = 50, seed: int = 0,
+def closed_loop(checkpoint: str, task: str = "panda_lift", episodes: int = 50,
+                seed: int = 100_000,
                 delay: float = 0.0, latency_matching: bool = True,
                 ensemble: float | None = None, backend: str = "auto",
+                warm_start: int | None = None, num_steps: int | None = None,
+                safety: SafetyConfig | None = None, realtime: bool = True,
                 max_episode_steps: int | None = None, progress: bool = True) -> dict:
-    """Success of the controller core on ``task`` over ``episodes`` real-time episodes."""
+    """Success of the controller core on ``task`` over ``episodes`` episodes.
+
+    ``realtime=False`` runs on simulated time instead: the policy runs inline and its result
+    counts as arriving ``delay`` seconds of simulated time later (deterministic, whatever the
+    machine's load); with ``delay=0`` a decision is used at the tick it was asked for, which
+    is exactly the synchronous executor's timing."""
+    # one torch thread: the control loop and the simulator keep the other core busy, and two
+    # intra-op threads made a batch-1 decision ~1.6x slower in the worker thread (measured,
+    # 2 cores), as they made RL rollouts slower
+    torch.set_num_threads(1)
     model = load_model(checkpoint)
-    engine = InferenceEngine(model, backend=backend, seed=seed)
+    if num_steps:  # a shorter (or longer) chain than the checkpoint's
+        model.config.num_inference_steps = num_steps
+    engine = InferenceEngine(model, backend=backend, seed=seed, warm_start=warm_start)
     engine.warm_up(1)
     env = make_env(task, **({"max_episode_steps": max_episode_steps}
                             if max_episode_steps else {}))
-    safety = SafetyFilter(env.arm, 1.0 / env.fps, SafetyConfig(max_obs_age=0.5))
-    controller = Controller(engine_policy(engine), obs_keys=model.obs_keys,
+    safety = SafetyFilter(env.arm, 1.0 / env.fps, safety or SafetyConfig(max_obs_age=0.5))
+    clock = time.monotonic if realtime else SimClock()
+    safety.clock = clock
+    controller = Controller(engine_policy(engine, 1.0 / env.fps), obs_keys=model.obs_keys,
                             n_obs_steps=model.config.n_obs_steps, period=1.0 / env.fps,
-                            command_period=1.0 / env.fps, safety=safety,
-                            delay=delay, latency_matching=latency_matching, ensemble=ensemble,
-                            max_obs_age=0.5)
+                            command_period=1.0 / env.fps, safety=safety, clock=clock,
+                            threaded=realtime, delay=delay, latency_matching=latency_matching,
+                            ensemble=ensemble, max_obs_age=0.5,
+                            n_action_steps=model.config.n_action_steps)
     results, started = [], time.monotonic()
     try:
         for i in tqdm(range(episodes), desc=f"closed loop on {task}", disable=not progress):
-            results.append(run_episode(env, controller, engine, seed + i))
+            results.append(run_episode(env, controller, engine, seed + i, realtime))
     finally:
         controller.close()
         env.close()
@@ -81,8 +112,11 @@ def closed_loop(checkpoint: str, task: str = "panda_lift", episodes: int = 50, s
     wins = sum(r["success"] for r in results)
     low, high = wilson_interval(wins, len(results))
     return {"task": task, "checkpoint": str(checkpoint), "episodes": len(results),
-            "seed": seed, "delay": delay, "latency_matching": latency_matching,
-            "ensemble": ensemble, "success_rate": wins / len(results), "ci95": [low, high],
+            "seed": seed, "realtime": realtime, "delay": delay,
+            "latency_matching": latency_matching,
+            "ensemble": ensemble, "warm_start": warm_start,
+            "num_steps": model.config.num_inference_steps,
+            "success_rate": wins / len(results), "ci95": [low, high],
             "decisions": controller.stats["decisions"],
             "dropped_actions": controller.schedule.dropped,
             "latency_ms_p50": 1000 * float(np.median(controller.worker.latencies or [0])),
@@ -97,15 +131,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("checkpoint")
     p.add_argument("--task", default="panda_lift")
     p.add_argument("--episodes", type=int, default=50)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=100_000,
+                   help="episode i uses seed + i (robopolicy eval's default)")
     p.add_argument("--delay", type=float, default=0.0, help="added inference delay (s)")
     p.add_argument("--no-latency-matching", action="store_true",
                    help="execute each chunk from its first action, however late it arrives")
     p.add_argument("--ensemble", type=float, help="temporal ensembling weight m")
+    p.add_argument("--warm-start", type=int, help="RTI: run only the last k steps after the "
+                   "first decision of an episode, from the previous chunk re-noised")
+    p.add_argument("--backend", default="auto", help="engine backend: auto (CUDA graph on a "
+                   "GPU, else eager), eager, compile, cuda_graph")
+    p.add_argument("--num-steps", type=int, help="denoising steps K (default: the model's)")
+    p.add_argument("--sim-time", action="store_true", help="simulated time: inline inference "
+                   "whose result arrives --delay later (deterministic)")
     p.add_argument("--out", help="write the summary JSON here")
     args = p.parse_args(argv)
     summary = closed_loop(args.checkpoint, args.task, args.episodes, args.seed, args.delay,
-                          not args.no_latency_matching, args.ensemble)
+                          not args.no_latency_matching, args.ensemble,
+                          backend=args.backend, warm_start=args.warm_start,
+                          num_steps=args.num_steps, realtime=not args.sim_time)
     print(json.dumps(summary))
     if args.out:
         Path(args.out).write_text(json.dumps(summary, indent=2))

@@ -15,7 +15,7 @@ on-time, smooth, safe command stream. No ROS here: the ROS 2 node is a thin adap
   (temporal ensembling). Between target times commands are interpolated linearly, so a
   policy at 20 Hz drives a command stream at any higher rate.
 - :class:`Controller` ties them with the safety filter: a new decision starts before the
-  queue runs dry, when what is left of it is no longer than the measured latency plus one
+  queue runs dry, when what is left of it is shorter than the measured latency plus one
   command period; every command leaves through :class:`~robopolicy.real.safety.SafetyFilter`.
 
 Everything reads one injectable clock (seconds), so tests are deterministic: with
@@ -63,14 +63,17 @@ class ObservationBuffer:
 
     def window(self, at: float) -> dict[str, np.ndarray]:
         """{key: (To, ...)} at times at - (To - 1 - j) * period, oldest first; a slot before
-        the first sample repeats the oldest (as training windows pad an episode's start)."""
+        the first sample takes the oldest (as training windows pad an episode's start)."""
         out = {}
         for key in self.keys:
             stamps = np.array([s for s, _ in self.samples[key]])
             slots = at - self.period * np.arange(self.n_obs_steps - 1, -1, -1)  # (To,)
-            # the newest sample at or before each slot (a little slack for clock jitter)
-            index = np.searchsorted(stamps, slots + 1e-6, side="right") - 1
-            out[key] = np.stack([self.samples[key][max(i, 0)][1] for i in index])
+            # the sample nearest each slot among those up to the window's time: a loop that
+            # stamps its samples a little late must not fall back a whole period, and a
+            # faster sensor gives the sample at the slot itself
+            usable = int(np.searchsorted(stamps, at + 1e-6, side="right"))
+            index = np.abs(stamps[:usable, None] - slots[None]).argmin(axis=0)  # (To,)
+            out[key] = np.stack([self.samples[key][i][1] for i in index])
         return out
 
 
@@ -82,9 +85,10 @@ class Decision:
 
 
 class InferenceWorker:
-    """Runs ``policy(window) -> (n, Da)`` off the control loop, one decision at a time."""
+    """Runs ``policy(window, obs_time) -> (n, Da)`` off the control loop, one decision at a
+    time."""
 
-    def __init__(self, policy: Callable[[dict], np.ndarray], clock: Clock,
+    def __init__(self, policy: Callable[[dict, float], np.ndarray], clock: Clock,
                  threaded: bool = True, delay: float = 0.0):
         self.policy, self.clock, self.threaded, self.delay = policy, clock, threaded, delay
         self.pool = concurrent.futures.ThreadPoolExecutor(1) if threaded else None
@@ -102,13 +106,13 @@ class InferenceWorker:
     def submit(self, window: dict[str, np.ndarray], obs_time: float) -> None:
         submitted = self.clock()
         if self.threaded:
-            job = self.pool.submit(self._run, window)
+            job = self.pool.submit(self._run, window, obs_time)
         else:
-            job = self.policy(window)  # ready once the clock passes submitted + delay
+            job = self.policy(window, obs_time)  # ready once the clock passes submitted + delay
         self.pending = (job, obs_time, submitted)
 
-    def _run(self, window):
-        actions = self.policy(window)
+    def _run(self, window, obs_time):
+        actions = self.policy(window, obs_time)
         if self.delay:
             time.sleep(self.delay)  # an added inference delay, for latency experiments
         return actions
@@ -139,8 +143,12 @@ class ChunkScheduler:
     """Timed actions from chunks; ``action_at(t)`` interpolates them."""
 
     def __init__(self, period: float, latency_matching: bool = True,
-                 ensemble: float | None = None):
+                 ensemble: float | None = None, n_action_steps: int | None = None):
         self.period, self.latency_matching, self.ensemble = period, latency_matching, ensemble
+        # Ta: the actions of a chunk the policy is meant to execute; the rest of a longer
+        # prediction is slack, commanded only while the next chunk is late
+        self.n_action_steps = n_action_steps
+        self.window_end = -np.inf  # the target time of the latest chunk's last executed action
         self.times = np.zeros(0)
         self.actions = np.zeros((0, 0))
         self.weights = np.zeros(0)  # ensembling: the total weight behind each action
@@ -151,6 +159,7 @@ class ChunkScheduler:
         """A chunk whose first action belongs to ``obs_time``; its passed actions dropped."""
         start = obs_time if self.latency_matching else now  # stale: as if no time had passed
         times = start + self.period * np.arange(len(actions))
+        self.window_end = times[min(len(times), self.n_action_steps or len(times)) - 1]
         # passed actions go, but the last one before now stays as the interpolation's anchor
         keep = times > now - self.period + 1e-9
         self.dropped += int((~keep).sum())
@@ -181,8 +190,8 @@ class ChunkScheduler:
         self.counts = np.concatenate([self.counts[keep_old], counts])
 
     def remaining(self, t: float) -> float:
-        """Seconds of scheduled actions left after ``t`` (negative: ran dry that long ago)."""
-        return (self.times[-1] - t) if len(self.times) else -np.inf
+        """Seconds left after ``t`` of the latest chunk's executed window (its Ta actions)."""
+        return (self.window_end - t) if len(self.times) else -np.inf
 
     def action_at(self, t: float) -> np.ndarray | None:
         """The action for time ``t``, linear between the two timed actions around it; the
@@ -199,15 +208,24 @@ class ChunkScheduler:
         return (1 - w) * self.actions[i - 1] + w * self.actions[i]
 
 
-def engine_policy(engine) -> Callable[[dict], np.ndarray]:
+def engine_policy(engine, period: float) -> Callable[[dict, float], np.ndarray]:
     """An :class:`~robopolicy.engine.InferenceEngine` as the controller's policy: a window
     {key: (To, ...)} -> the chunk from the action at the observation time on, (T - To + 1, Da)
-    raw (the Ta executed ones and the rest of the prediction, slack for a late decision)."""
+    raw. Give the controller ``n_action_steps`` (Ta): decisions are timed to the Ta actions
+    the model is trained and evaluated to execute, and the rest is slack while the next
+    chunk is late. A warm-started engine is told how many policy periods passed since its
+    last decision."""
     start = engine.model.config.n_obs_steps - 1
+    last = {"obs_time": None}
 
-    def policy(window: dict[str, np.ndarray]) -> np.ndarray:
+    def policy(window: dict[str, np.ndarray], obs_time: float) -> np.ndarray:
+        if engine.new_episode:
+            last["obs_time"] = None
+        shift = None if last["obs_time"] is None else round((obs_time - last["obs_time"])
+                                                            / period)
+        last["obs_time"] = obs_time
         batch = {k: v[None] for k, v in window.items()}  # (1, To, ...)
-        return engine(batch)["action_pred"][0, start:].cpu().numpy()
+        return engine(batch, shift=shift)["action_pred"][0, start:].cpu().numpy()
     return policy
 
 
@@ -215,17 +233,17 @@ class Controller:
     """``observe(key, value, stamp)`` as samples arrive; ``tick()`` at the command rate returns
     the command to send (arm joint targets + gripper opening) or None."""
 
-    def __init__(self, policy: Callable[[dict], np.ndarray], *, obs_keys: list[str],
+    def __init__(self, policy: Callable[[dict, float], np.ndarray], *, obs_keys: list[str],
                  n_obs_steps: int, period: float, command_period: float,
                  safety: SafetyFilter, clock: Clock = time.monotonic,
                  joint_key: str = "joint_pos", max_obs_age: float = 0.1,
                  threaded: bool = True, delay: float = 0.0, latency_matching: bool = True,
-                 ensemble: float | None = None):
+                 ensemble: float | None = None, n_action_steps: int | None = None):
         self.clock, self.safety, self.joint_key = clock, safety, joint_key
         self.command_period, self.max_obs_age = command_period, max_obs_age
         self.obs = ObservationBuffer(obs_keys, n_obs_steps, period)
         self.worker = InferenceWorker(policy, clock, threaded=threaded, delay=delay)
-        self.schedule = ChunkScheduler(period, latency_matching, ensemble)
+        self.schedule = ChunkScheduler(period, latency_matching, ensemble, n_action_steps)
         self.stats = collections.Counter()
 
     def observe(self, key: str, value: np.ndarray, stamp: float) -> None:
@@ -233,10 +251,7 @@ class Controller:
 
     def tick(self) -> np.ndarray | None:
         now = self.clock()
-        decision = self.worker.poll()
-        if decision is not None:
-            self.schedule.add(decision.actions, decision.obs_time, now)
-            self.stats["decisions"] += 1
+        self._collect(now)
         if not self.worker.busy and self._time_to_decide(now):
             stale = self.obs.stale(now, self.max_obs_age)
             if stale:
@@ -244,6 +259,7 @@ class Controller:
             else:
                 obs_time = self.obs.window_time()
                 self.worker.submit(self.obs.window(obs_time), obs_time)
+                self._collect(now)  # a decision faster than the tick is used this tick
         target = self.schedule.action_at(now)
         if target is None:
             self.stats["ran_dry"] += 1
@@ -251,16 +267,26 @@ class Controller:
         measured, stamp = (joints[1], joints[0]) if joints else (None, None)
         return self.safety.filter(target, measured, stamp)
 
+    def _collect(self, now: float) -> None:
+        decision = self.worker.poll()
+        if decision is not None:
+            self.schedule.add(decision.actions, decision.obs_time, now)
+            self.stats["decisions"] += 1
+
     def _time_to_decide(self, now: float) -> bool:
         """Start the next decision when what is left of the schedule would run out before
-        one more measured latency and command period have passed."""
-        return self.schedule.remaining(now) <= self.worker.latency() + self.command_period
+        the measured latency and one more command period (slack for the tick it lands on)
+        have passed; with no latency (a policy that answers within the tick) when it has
+        run out, which is the synchronous executor's timing."""
+        latency = self.worker.latency()
+        lead = latency + self.command_period if latency > 0 else 0.0
+        return self.schedule.remaining(now) < lead
 
     def reset(self) -> None:
         """A new episode: no observations, no schedule, no decision in flight to pick up."""
         self.obs = ObservationBuffer(self.obs.keys, self.obs.n_obs_steps, self.obs.period)
         self.schedule = ChunkScheduler(self.schedule.period, self.schedule.latency_matching,
-                                       self.schedule.ensemble)
+                                       self.schedule.ensemble, self.schedule.n_action_steps)
         if self.worker.busy:  # let it finish; its chunk belongs to the last episode
             job = self.worker.pending[0]
             if self.worker.threaded:

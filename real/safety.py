@@ -101,9 +101,12 @@ class SafetyFilter:
             self.interventions["estop"] += 1
         self.estopped = True
 
-    def rearm(self) -> None:
-        """Clear a latched e-stop; commanding restarts from the measured position."""
+    def rearm(self, gripper: float | None = None) -> None:
+        """Clear a latched e-stop; commanding restarts from the measured position, and from
+        the measured ``gripper`` opening when given (else the last one commanded)."""
         self.estopped, self.holding, self.command = False, False, None
+        if gripper is not None:
+            self.gripper = float(np.clip(gripper, 0.0, 1.0))
 
     # ------------------------------------------------------------------ the filter
     def filter(self, target: np.ndarray | None, measured: np.ndarray | None,

@@ -79,7 +79,7 @@ def run_both(engine, model, batch=2, calls=3, atol=1e-5):
     for call in range(calls):
         obs = observations(model, batch, call)
         noise = [torch.randn(s, generator=torch.Generator().manual_seed(10 + call))
-                 for s in engine.noise_shapes(batch, warmup=state is None)]
+                 for s in engine.noise_shapes(batch, first=state is None)]
         got = engine(obs, noise=[n.to(engine.device) for n in noise])
         with torch.no_grad():
             want, state = reference(model, obs, noise, state)
@@ -124,11 +124,42 @@ def test_streaming_reset_starts_a_new_buffer():
     engine(obs)
     assert not engine.new_episode and 1 in engine.state
     engine.reset()
-    shapes = engine.noise_shapes(1, warmup=True)
+    shapes = engine.noise_shapes(1, first=True)
     assert shapes[1][1] == model.config.num_inference_steps  # the next call is a warm-up
     noise = [torch.randn(s) for s in shapes]
     want, _ = reference(model, obs, noise)
     torch.testing.assert_close(engine(obs, noise=noise)["action"], want["action"])
+
+
+@pytest.mark.parametrize("case", ["ddim", "flow"])
+def test_warm_start_continues_the_shifted_chunk_with_the_last_steps_only(case):
+    """After an episode's full first chain, a decision re-noises the previous chunk moved on
+    by the executed actions to step K - k and runs only the last k transitions."""
+    model = CASES[case]()
+    k, horizon = 2, model.config.horizon
+    engine = InferenceEngine(model, backend="eager", warm_start=k)
+    obs = observations(model, 1, 0)
+    first = [torch.randn(s) for s in engine.noise_shapes(1, first=True)]
+    want, _ = reference(model, obs, first)  # the episode's first call is the full chain
+    torch.testing.assert_close(engine(obs, noise=first)["action"], want["action"])
+    previous = engine.state[1][0]  # (1, T, Da) normalized
+    calls = []
+    hook = model.backbone.register_forward_hook(lambda *_: calls.append(1))
+    noise = [torch.randn(s) for s in engine.noise_shapes(1, first=False)]
+    assert noise[1].shape[1] == k
+    got = engine(observations(model, 1, 1), noise=noise, shift=3)
+    hook.remove()
+    assert len(calls) == k * (2 if case == "flow" else 1)  # midpoint: two forwards a step
+    shifted = torch.cat([previous[:, 3:], previous[:, -1:].expand(-1, 3, -1)], dim=1)
+    schedule = model.step_schedule(shifted, model.config.num_inference_steps)[-k:]
+    with torch.no_grad():
+        x = model.noised(shifted, schedule[0], noise[0])
+        cond = model.encode_obs(observations(model, 1, 1))
+        naction, _ = model.run_chain(x, schedule, cond, noise[1], min_std=0.0,
+                                     num_steps=model.config.num_inference_steps,
+                                     eta=model.config.eta)
+    torch.testing.assert_close(got["action_pred"], model.chunk_actions(naction)["action_pred"])
+    assert shifted.shape[1] == horizon
 
 
 def test_engine_errors_are_one_line():
@@ -137,6 +168,8 @@ def test_engine_errors_are_one_line():
         InferenceEngine(model, backend="tensorrt")
     with pytest.raises(ConfigError, match="'cuda_graph' needs a CUDA device"):
         InferenceEngine(model, backend="cuda_graph", device="cpu")
+    with pytest.raises(ConfigError, match="warm_start=5 needs .* 1 <= warm_start < K=5"):
+        InferenceEngine(model, warm_start=5)
     with pytest.raises(ValueError, match="engine noise shapes"):
         InferenceEngine(model)(observations(model, 1, 0), noise=[torch.zeros(1)])
 

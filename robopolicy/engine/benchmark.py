@@ -98,7 +98,7 @@ def measure(family: str, k: int, backbone: str, images: bool, device: str,
 
 def run(workdir: str | None = None, quick: bool = False) -> list[dict]:
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    repeats = 10 if quick else 200
+    repeats = 10 if quick else 40
     cases = [("diffusion", 10, "mlp", False), ("flow", 10, "mlp", False),
              ("streaming", 16, "mlp", False)]
     if not quick:

@@ -39,7 +39,8 @@ class InferenceEngine:
     an observation window {key: (B, To, ...)}; ``reset()`` starts a new episode (streaming)."""
 
     def __init__(self, model: ActionModel, *, device: str | torch.device | None = None,
-                 backend: str = "auto", autocast: torch.dtype | None = None, seed: int = 0):
+                 backend: str = "auto", autocast: torch.dtype | None = None, seed: int = 0,
+                 warm_start: int | None = None):
         if backend not in BACKENDS:
             raise ConfigError(f"engine backend '{backend}' is not one of {BACKENDS}")
         self.device = torch.device(device) if device is not None else model.device
@@ -53,40 +54,76 @@ class InferenceEngine:
         for p in self.model.parameters():
             p.requires_grad_(False)
         self.streaming = model.config.family == "streaming"
+        self.warm_start = warm_start
+        k = model.config.num_inference_steps
+        if warm_start is not None and (self.streaming or not 1 <= warm_start < k):
+            raise ConfigError(f"engine warm_start={warm_start} needs a diffusion or flow model "
+                              f"and 1 <= warm_start < K={k} (streaming carries its own buffer)")
+        self.stateful = self.streaming or warm_start is not None
         self.generator = torch.Generator(self.device).manual_seed(seed)
-        self.state: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # B -> (x, steps_left)
+        # B -> what the next call continues from: streaming (buffer, steps left), warm start
+        # (the last normalized chunk,)
+        self.state: dict[int, tuple[torch.Tensor, ...]] = {}
         self.new_episode = True
         self._compiled: dict[bool, Callable] = {}
         self._graphs: dict[tuple[int, bool], _Graph] = {}
 
     # ------------------------------------------------------------------ the decision
-    def noise_shapes(self, batch_size: int, warmup: bool = True) -> list[tuple[int, ...]]:
+    def noise_shapes(self, batch_size: int, first: bool = True) -> list[tuple[int, ...]]:
         """Shapes of every random draw of one decision: start noise (B, T, Da), then the
-        per-transition noise (B, K, T, Da) (streaming: its call's draws)."""
+        per-transition noise (B, K, T, Da) (warm start after an episode's ``first`` call:
+        (B, warm_start, T, Da); streaming: its call's draws)."""
         start = self.model.chunk_shape(batch_size)
         if self.streaming:
-            return [start, *self.model.stream_noise_shapes(batch_size, warmup)]
-        return [start, (batch_size, self.model.config.num_inference_steps, *start[1:])]
+            return [start, *self.model.stream_noise_shapes(batch_size, first)]
+        k = self.model.config.num_inference_steps if first or not self.warm_start \
+            else self.warm_start
+        return [start, (batch_size, k, *start[1:])]
 
-    def _decide(self, obs: dict[str, torch.Tensor], noise: list[torch.Tensor],
-                warmup: bool, x: torch.Tensor | None = None,
-                steps_left: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
-        """The pure function: (action_pred (B, T, Da) raw, [next buffer, next steps left])."""
+    def _decide(self, obs: dict[str, torch.Tensor], noise: list[torch.Tensor], first: bool,
+                shift: torch.Tensor, *carried: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The pure function: (action_pred (B, T, Da) raw, *what the next call continues
+        from)."""
         model = self.model
         with self._precision():  # networks at low precision; chain math promotes to float32
             cond = model.encode_obs(obs)  # (B, Dc), once per decision
-            if not self.streaming:
+            if self.streaming:
+                return self._stream(cond, noise, first, *carried)
+            if first or not self.warm_start:
                 naction = model.sample(cond, noise=noise[0], step_noise=noise[1])
-                return (model.chunk_actions(naction.float())["action_pred"],)
-            from robopolicy.policies.streaming import StreamNoise
+            else:
+                naction = self._warm_chain(cond, noise, shift, carried[0])
+        naction = naction.float()
+        action_pred = model.chunk_actions(naction)["action_pred"]
+        return (action_pred, naction) if self.warm_start else (action_pred,)
 
-            if warmup:  # an episode's first call: pure noise, K steps left everywhere
-                x = noise[0]
-                steps_left = torch.full(x.shape[:2], model.config.num_inference_steps,
-                                        device=x.device)  # (B, T)
-            call = model.stream(x, steps_left, cond, StreamNoise(*noise[1:]), warmup=warmup)
+    def _stream(self, cond, noise, first, x=None, steps_left=None) -> tuple[torch.Tensor, ...]:
+        from robopolicy.policies.streaming import StreamNoise
+
+        model = self.model
+        if first:  # an episode's first call: pure noise, K steps left everywhere
+            x = noise[0]
+            steps_left = torch.full(x.shape[:2], model.config.num_inference_steps,
+                                    device=x.device)  # (B, T)
+        call = model.stream(x, steps_left, cond, StreamNoise(*noise[1:]), warmup=first)
         return (model.chunk_actions(call.chunk.float())["action_pred"], call.buffer.float(),
                 call.steps_left)
+
+    def _warm_chain(self, cond: torch.Tensor, noise: list[torch.Tensor], shift: torch.Tensor,
+                    previous: torch.Tensor) -> torch.Tensor:
+        """The Real-Time Iteration warm start: the previous chunk (B, T, Da) moved ``shift``
+        (B,) actions on (its last action repeated at the end), re-noised to the level of step
+        K - warm_start, then only the last warm_start transitions of the chain."""
+        model = self.model
+        horizon, k = previous.shape[1], model.config.num_inference_steps
+        index = (torch.arange(horizon, device=previous.device) + shift[:, None]).clamp(
+            max=horizon - 1)  # (B, T)
+        shifted = previous.gather(1, index[..., None].expand_as(previous))  # (B, T, Da)
+        schedule = model.step_schedule(shifted, k)[k - self.warm_start:]
+        x = model.noised(shifted, schedule[0], noise[0], num_steps=k)
+        naction, _ = model.run_chain(x, schedule, cond, noise[1], num_steps=k,
+                                     eta=model.config.eta, min_std=0.0)
+        return naction
 
     def _precision(self):
         if self.autocast is None:
@@ -97,21 +134,26 @@ class InferenceEngine:
     # ------------------------------------------------------------------ calling it
     @torch.no_grad()
     def __call__(self, obs: dict[str, torch.Tensor | np.ndarray],
-                 noise: list[torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+                 noise: list[torch.Tensor] | None = None,
+                 shift: int | torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """``shift``: actions executed since the last decision (warm start; default Ta)."""
         obs = {k: torch.as_tensor(obs[k], device=self.device) for k in self.model.obs_keys}
         batch_size = len(next(iter(obs.values())))
-        warmup = not self.streaming or self.new_episode or batch_size not in self.state
-        shapes = self.noise_shapes(batch_size, warmup)
+        first = not self.stateful or self.new_episode or batch_size not in self.state
+        shapes = self.noise_shapes(batch_size, first)
         if noise is None:
             noise = [torch.randn(s, generator=self.generator, device=self.device)
                      for s in shapes]
         elif [tuple(n.shape) for n in noise] != shapes:
             raise ValueError(f"engine noise shapes {[tuple(n.shape) for n in noise]} must be "
                              f"{shapes}")
-        carried = () if warmup else self.state[batch_size]
-        out = self._run(batch_size, warmup, obs, [n.to(self.device) for n in noise], carried)
-        if self.streaming:
-            self.state[batch_size] = (out[1].clone(), out[2].clone())
+        shift = torch.as_tensor(self.model.config.n_action_steps if shift is None else shift,
+                                device=self.device).expand(batch_size).long()  # (B,)
+        carried = () if first else self.state[batch_size]
+        out = self._run(batch_size, first, obs, [n.to(self.device) for n in noise], shift,
+                        carried)
+        if self.stateful:
+            self.state[batch_size] = tuple(o.clone() for o in out[1:])
             self.new_episode = False
         action_pred = out[0].clone()
         start = self.model.config.n_obs_steps - 1
@@ -119,23 +161,24 @@ class InferenceEngine:
                 "action_pred": action_pred}
 
     def reset(self) -> None:
-        """The next call starts an episode (streaming: from a buffer of pure noise)."""
+        """The next call starts an episode (a full chain; streaming: from pure noise)."""
         self.new_episode = True
 
-    def _run(self, batch_size: int, warmup: bool, obs: dict, noise: list,
+    def _run(self, batch_size: int, first: bool, obs: dict, noise: list, shift: torch.Tensor,
              carried: tuple) -> tuple[torch.Tensor, ...]:
         if self.backend == "eager":
-            return self._decide(obs, noise, warmup, *carried)
+            return self._decide(obs, noise, first, shift, *carried)
         if self.backend == "compile":
-            if warmup not in self._compiled:
-                self._compiled[warmup] = torch.compile(
-                    lambda o, n, *c, w=warmup: self._decide(o, n, w, *c), fullgraph=True)
-            return self._compiled[warmup](obs, noise, *carried)
-        key = (batch_size, warmup)
+            if first not in self._compiled:
+                self._compiled[first] = torch.compile(
+                    lambda o, n, s, *c, f=first: self._decide(o, n, f, s, *c), fullgraph=True)
+            return self._compiled[first](obs, noise, shift, *carried)
+        key = (batch_size, first)
         if key not in self._graphs:
             self._graphs[key] = _Graph(
-                lambda o, n, *c, w=warmup: self._decide(o, n, w, *c), (obs, noise, *carried))
-        return self._graphs[key].replay((obs, noise, *carried))
+                lambda o, n, s, *c, f=first: self._decide(o, n, f, s, *c),
+                (obs, noise, shift, *carried))
+        return self._graphs[key].replay((obs, noise, shift, *carried))
 
     def warm_up(self, batch_size: int = 1) -> None:
         """Build every graph (or compiled function) a run will use, before the first real
@@ -147,7 +190,7 @@ class InferenceEngine:
                for k in self.model.obs_keys}
         self.reset()
         self(obs)
-        if self.streaming:
+        if self.stateful:
             self(obs)  # the steady-state call
         self.reset()
 
