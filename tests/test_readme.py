@@ -23,3 +23,4 @@ def test_readme_python_example_runs(tmp_path, monkeypatch):
     assert namespace["arm_info"]["failure"] == "" and namespace["next_q"].shape == (7,)
     assert namespace["arm_obs"]["joint_pos"].shape == (7,)
     assert namespace["loss"].ndim == 0 and namespace["policy"].n_obs_steps == 2
+    assert namespace["chunk"].shape == (1, 8, 7)
