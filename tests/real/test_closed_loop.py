@@ -51,4 +51,4 @@ def test_on_simulated_time_without_delay_the_loop_runs_like_the_synchronous_exec
     assert summary["steps"] / 4 <= summary["decisions"] <= summary["steps"] / 4 + 2
     delayed = closed_loop(flow_policy, episodes=2, max_episode_steps=30, realtime=False,
                           delay=0.1, progress=False)
-    assert delayed["dropped_actions"] >= delayed["decisions"]  # two ticks late: dropped
+    assert delayed["dropped_actions"] > 0  # two ticks late: what has passed is dropped
