@@ -6,13 +6,14 @@ delay). Episode i is seeded ``seed + i``, as ``robopolicy eval`` seeds them, so 
 compared on the same initial states.
 
     python -m robopolicy.real.closed_loop CHECKPOINT [--task panda_lift] [--episodes 50]
-        [--delay 0.15] [--no-latency-matching] [--out DIR]
+        [--delay 0.15] [--no-latency-matching] [--sim-time] [--out FILE.json]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -21,21 +22,12 @@ import torch
 from tqdm.auto import tqdm
 
 from robopolicy.engine import InferenceEngine
+from robopolicy.errors import RobopolicyError
 from robopolicy.policies import load_model
-from robopolicy.real.controller import Controller, engine_policy
+from robopolicy.real.controller import Controller, ManualClock, engine_policy
 from robopolicy.real.safety import SafetyConfig, SafetyFilter
 from robopolicy.sim.core import make_env
 from robopolicy.sim.evaluate import wilson_interval
-
-
-class SimClock:
-    """Simulated time for ``realtime=False``: advanced one control period per tick."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def run_episode(env, controller: Controller, engine: InferenceEngine, seed: int,
@@ -92,9 +84,9 @@ def closed_loop(checkpoint: str, task: str = "panda_lift", episodes: int = 50,
     engine.warm_up(1)
     env = make_env(task, **({"max_episode_steps": max_episode_steps}
                             if max_episode_steps else {}))
-    safety = SafetyFilter(env.arm, 1.0 / env.fps, safety or SafetyConfig(max_obs_age=0.5))
-    clock = time.monotonic if realtime else SimClock()
-    safety.clock = clock
+    clock = time.monotonic if realtime else ManualClock()  # simulated: one period a tick
+    safety = SafetyFilter(env.arm, 1.0 / env.fps, safety or SafetyConfig(max_obs_age=0.5),
+                          clock=clock)
     controller = Controller(engine_policy(engine, 1.0 / env.fps), obs_keys=model.obs_keys,
                             n_obs_steps=model.config.n_obs_steps, period=1.0 / env.fps,
                             command_period=1.0 / env.fps, safety=safety, clock=clock,
@@ -146,10 +138,14 @@ def main(argv: list[str] | None = None) -> int:
                    "whose result arrives --delay later (deterministic)")
     p.add_argument("--out", help="write the summary JSON here")
     args = p.parse_args(argv)
-    summary = closed_loop(args.checkpoint, args.task, args.episodes, args.seed, args.delay,
-                          not args.no_latency_matching, args.ensemble,
-                          backend=args.backend, warm_start=args.warm_start,
-                          num_steps=args.num_steps, realtime=not args.sim_time)
+    try:
+        summary = closed_loop(args.checkpoint, args.task, args.episodes, args.seed, args.delay,
+                              not args.no_latency_matching, args.ensemble,
+                              backend=args.backend, warm_start=args.warm_start,
+                              num_steps=args.num_steps, realtime=not args.sim_time)
+    except RobopolicyError as exc:  # bad input: one line, as the robopolicy CLI ends it
+        print(f"closed_loop: error: {exc}", file=sys.stderr)
+        return 2
     print(json.dumps(summary))
     if args.out:
         Path(args.out).write_text(json.dumps(summary, indent=2))

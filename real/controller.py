@@ -3,8 +3,8 @@ on-time, smooth, safe command stream. No ROS here: the ROS 2 node is a thin adap
 :meth:`Controller.observe` from topics and publishes what :meth:`Controller.tick` returns.
 
 - :class:`ObservationBuffer` keeps the latest samples of each key with their timestamps and
-  assembles the model's To-step window at its observation period at decision time
-  (sample-and-hold: each window slot takes the newest sample at or before its time).
+  assembles the model's To-step window at its observation period at decision time (each
+  slot takes the sample nearest its time, up to the window's newest).
 - :class:`InferenceWorker` runs the policy in a worker thread while the control loop keeps
   commanding the current chunk; it measures each decision's latency.
 - :class:`ChunkScheduler` gives every action its target time (observation time + its offset in
@@ -36,6 +36,17 @@ import numpy as np
 from robopolicy.real.safety import SafetyFilter
 
 Clock = Callable[[], float]
+
+
+class ManualClock:
+    """A clock that moves only when told (``clock.now += dt``): simulated time for the closed
+    loop and deterministic tests."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
 
 
 class ObservationBuffer:
@@ -81,7 +92,6 @@ class ObservationBuffer:
 class Decision:
     actions: np.ndarray  # (n, Da) raw: the chunk from the action at the observation time on
     obs_time: float
-    latency: float  # s from submission to result
 
 
 class InferenceWorker:
@@ -132,7 +142,7 @@ class InferenceWorker:
             actions = job
         self.pending = None
         self.latencies.append(now - submitted)
-        return Decision(np.asarray(actions, dtype=float), obs_time, now - submitted)
+        return Decision(np.asarray(actions, dtype=float), obs_time)
 
     def close(self) -> None:
         if self.pool is not None:

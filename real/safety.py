@@ -37,9 +37,6 @@ import numpy as np
 from robopolicy.errors import ConfigError
 from robopolicy.sim.robot import RobotSpec, limit_command
 
-REASONS = ("estop", "stale_observation", "non_finite", "workspace", "position_limit",
-           "max_step", "velocity_acceleration", "gripper_range")
-
 
 @dataclass
 class SafetyConfig:

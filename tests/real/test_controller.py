@@ -5,20 +5,17 @@ safety filter behind every command."""
 import numpy as np
 import pytest
 
-from robopolicy.real.controller import ChunkScheduler, Controller, ObservationBuffer
+from robopolicy.real.controller import (
+    ChunkScheduler,
+    Controller,
+    ManualClock,
+    ObservationBuffer,
+)
 from robopolicy.real.safety import SafetyConfig, SafetyFilter
 from robopolicy.sim.robot import load_robot
 
 PERIOD = 0.05  # the policy's 20 Hz
 COMMAND = 0.01  # a 100 Hz command stream
-
-
-class FakeClock:
-    def __init__(self):
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def test_window_takes_the_sample_nearest_each_slot_and_pads_the_start():
@@ -111,7 +108,7 @@ def drive(controller, clock, robot, seconds, sensor_until=np.inf):
 
 @pytest.mark.parametrize("delay", [0.0, 0.15])
 def test_decisions_start_before_the_queue_runs_dry_and_actions_run_on_time(delay):
-    clock = FakeClock()
+    clock = ManualClock()
     controller, calls, robot = make_controller(clock, delay)
     commands = drive(controller, clock, robot, 2.0)
     # after the first decision arrives the schedule never runs dry
@@ -126,7 +123,7 @@ def test_decisions_start_before_the_queue_runs_dry_and_actions_run_on_time(delay
 
 
 def test_without_latency_matching_the_commands_lag_by_the_delay():
-    clock = FakeClock()
+    clock = ManualClock()
     controller, _, robot = make_controller(clock, 0.15, latency_matching=False)
     commands = drive(controller, clock, robot, 2.0)
     lags = [t - (command[0] - robot.home[0]) / 0.01 for t, command in commands[100:]]
@@ -134,7 +131,7 @@ def test_without_latency_matching_the_commands_lag_by_the_delay():
 
 
 def test_stale_sensors_stop_new_decisions_and_hold_within_two_ticks():
-    clock = FakeClock()
+    clock = ManualClock()
     controller, calls, robot = make_controller(clock, 0.0, max_age=0.05)
     commands = drive(controller, clock, robot, 1.0, sensor_until=0.5)
     first_none = next(i for i, (_, c) in enumerate(commands) if c is None)

@@ -5,18 +5,11 @@ import numpy as np
 import pytest
 
 from robopolicy.errors import ConfigError
+from robopolicy.real.controller import ManualClock
 from robopolicy.real.safety import SafetyConfig, SafetyFilter
 from robopolicy.sim.robot import load_robot
 
 DT = 0.01  # a 100 Hz command stream
-
-
-class FakeClock:
-    def __init__(self):
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture
@@ -25,7 +18,7 @@ def panda():
 
 
 def make(robot, **config):
-    clock = FakeClock()
+    clock = ManualClock()
     return SafetyFilter(robot, DT, SafetyConfig(**config), clock=clock), clock
 
 
