@@ -65,6 +65,7 @@ def closed_loop(checkpoint: str, task: str = "panda_lift", episodes: int = 50,
                 delay: float = 0.0, latency_matching: bool = True,
                 ensemble: float | None = None, backend: str = "auto",
                 warm_start: int | None = None, num_steps: int | None = None,
+                inpaint: bool = False,
                 safety: SafetyConfig | None = None, realtime: bool = True,
                 max_episode_steps: int | None = None, progress: bool = True) -> dict:
     """Success of the controller core on ``task`` over ``episodes`` episodes.
@@ -80,7 +81,8 @@ def closed_loop(checkpoint: str, task: str = "panda_lift", episodes: int = 50,
     model = load_model(checkpoint)
     if num_steps:  # a shorter (or longer) chain than the checkpoint's
         model.config.num_inference_steps = num_steps
-    engine = InferenceEngine(model, backend=backend, seed=seed, warm_start=warm_start)
+    engine = InferenceEngine(model, backend=backend, seed=seed, warm_start=warm_start,
+                             inpaint=inpaint)
     engine.warm_up(1)
     env = make_env(task, **({"max_episode_steps": max_episode_steps}
                             if max_episode_steps else {}))
@@ -106,7 +108,7 @@ def closed_loop(checkpoint: str, task: str = "panda_lift", episodes: int = 50,
     return {"task": task, "checkpoint": str(checkpoint), "episodes": len(results),
             "seed": seed, "realtime": realtime, "delay": delay,
             "latency_matching": latency_matching,
-            "ensemble": ensemble, "warm_start": warm_start,
+            "ensemble": ensemble, "warm_start": warm_start, "inpaint": inpaint,
             "num_steps": model.config.num_inference_steps,
             "success_rate": wins / len(results), "ci95": [low, high],
             "decisions": controller.stats["decisions"],
@@ -131,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ensemble", type=float, help="temporal ensembling weight m")
     p.add_argument("--warm-start", type=int, help="RTI: run only the last k steps after the "
                    "first decision of an episode, from the previous chunk re-noised")
+    p.add_argument("--inpaint", action="store_true", help="real-time chunking: inpaint each "
+                   "chunk toward the actions already planned for its times")
     p.add_argument("--backend", default="auto", help="engine backend: auto (CUDA graph on a "
                    "GPU, else eager), eager, compile, cuda_graph")
     p.add_argument("--num-steps", type=int, help="denoising steps K (default: the model's)")
@@ -142,7 +146,8 @@ def main(argv: list[str] | None = None) -> int:
         summary = closed_loop(args.checkpoint, args.task, args.episodes, args.seed, args.delay,
                               not args.no_latency_matching, args.ensemble,
                               backend=args.backend, warm_start=args.warm_start,
-                              num_steps=args.num_steps, realtime=not args.sim_time)
+                              num_steps=args.num_steps, inpaint=args.inpaint,
+                              realtime=not args.sim_time)
     except RobopolicyError as exc:  # bad input: one line, as the robopolicy CLI ends it
         print(f"closed_loop: error: {exc}", file=sys.stderr)
         return 2

@@ -13,7 +13,9 @@ on-time, smooth, safe command stream. No ROS here: the ROS 2 node is a thin adap
   it from its first action as if no time had passed (stale actions: the comparison's
   baseline). ``ensemble`` averages overlapping chunks with ACT's exponential weights
   (temporal ensembling). Between target times commands are interpolated linearly, so a
-  policy at 20 Hz drives a command stream at any higher rate.
+  policy at 20 Hz drives a command stream at any higher rate. Each decision is handed the
+  :class:`Plan` (what the schedule will command, and when the new chunk is expected), which
+  an inpainting engine uses for real-time chunking (:func:`inpaint_weights`).
 - :class:`Controller` ties them with the safety filter: a new decision starts before the
   queue runs dry, when what is left of it is shorter than the measured latency plus one
   command period; every command leaves through :class:`~robopolicy.real.safety.SafetyFilter`.
@@ -89,16 +91,34 @@ class ObservationBuffer:
 
 
 @dataclass
+class Plan:
+    """What the schedule will command, as a decision is asked for: its timed actions, and
+    the time the new chunk is expected to arrive (what runs before it is committed)."""
+
+    times: np.ndarray  # (n,)
+    actions: np.ndarray  # (n, Da)
+    arrival: float
+
+    def at(self, times: np.ndarray) -> np.ndarray:
+        """(len(times), Da): the planned actions at ``times``, linear between the timed ones
+        (as the scheduler commands them); NaN outside the plan."""
+        if not len(self.times):
+            return np.full((len(times), 0), np.nan)
+        return np.stack([np.interp(times, self.times, column, left=np.nan, right=np.nan)
+                         for column in self.actions.T], axis=-1)
+
+
+@dataclass
 class Decision:
     actions: np.ndarray  # (n, Da) raw: the chunk from the action at the observation time on
     obs_time: float
 
 
 class InferenceWorker:
-    """Runs ``policy(window, obs_time) -> (n, Da)`` off the control loop, one decision at a
-    time."""
+    """Runs ``policy(window, obs_time, plan) -> (n, Da)`` off the control loop, one decision
+    at a time."""
 
-    def __init__(self, policy: Callable[[dict, float], np.ndarray], clock: Clock,
+    def __init__(self, policy: Callable[[dict, float, Plan], np.ndarray], clock: Clock,
                  threaded: bool = True, delay: float = 0.0):
         self.policy, self.clock, self.threaded, self.delay = policy, clock, threaded, delay
         self.pool = concurrent.futures.ThreadPoolExecutor(1) if threaded else None
@@ -113,16 +133,16 @@ class InferenceWorker:
         """The latency to plan with: the largest of the recent ones (0 before any)."""
         return max(self.latencies, default=0.0)
 
-    def submit(self, window: dict[str, np.ndarray], obs_time: float) -> None:
+    def submit(self, window: dict[str, np.ndarray], obs_time: float, plan: Plan) -> None:
         submitted = self.clock()
         if self.threaded:
-            job = self.pool.submit(self._run, window, obs_time)
-        else:
-            job = self.policy(window, obs_time)  # ready once the clock passes submitted + delay
+            job = self.pool.submit(self._run, window, obs_time, plan)
+        else:  # ready once the clock passes submitted + delay
+            job = self.policy(window, obs_time, plan)
         self.pending = (job, obs_time, submitted)
 
-    def _run(self, window, obs_time):
-        actions = self.policy(window, obs_time)
+    def _run(self, window, obs_time, plan):
+        actions = self.policy(window, obs_time, plan)
         if self.delay:
             time.sleep(self.delay)  # an added inference delay, for latency experiments
         return actions
@@ -199,6 +219,9 @@ class ChunkScheduler:
         self.weights = np.concatenate([self.weights[keep_old], weights])
         self.counts = np.concatenate([self.counts[keep_old], counts])
 
+    def plan(self, arrival: float) -> Plan:
+        return Plan(self.times.copy(), self.actions.copy(), arrival)
+
     def remaining(self, t: float) -> float:
         """Seconds left after ``t`` of the latest chunk's executed window (its Ta actions)."""
         return (self.window_end - t) if len(self.times) else -np.inf
@@ -218,24 +241,50 @@ class ChunkScheduler:
         return (1 - w) * self.actions[i - 1] + w * self.actions[i]
 
 
-def engine_policy(engine, period: float) -> Callable[[dict, float], np.ndarray]:
+def inpaint_weights(times: np.ndarray, known: np.ndarray, arrival: float) -> np.ndarray:
+    """Real-time chunking's soft mask over a new chunk's action ``times`` (n,), for the
+    actions the plan already has (``known``, (n,) bool, one contiguous run): 1 for those
+    commanded before the chunk can arrive (frozen), then c (e^c - 1) / (e - 1) with c falling
+    linearly to the plan's end (the new chunk takes over smoothly), 0 where nothing is
+    planned (Black et al. 2025, eq. 5)."""
+    weights = np.zeros(len(times))
+    frozen = known & (times < arrival)
+    weights[frozen] = 1.0
+    free = np.flatnonzero(known & ~frozen)
+    if len(free):
+        first, end = free[0], free[-1] + 1
+        c = (end - free) / (end - first + 1)
+        weights[free] = c * np.expm1(c) / np.expm1(1.0)
+    return weights
+
+
+def engine_policy(engine, period: float) -> Callable[[dict, float, Plan], np.ndarray]:
     """An :class:`~robopolicy.engine.InferenceEngine` as the controller's policy: a window
     {key: (To, ...)} -> the chunk from the action at the observation time on, (T - To + 1, Da)
     raw. Give the controller ``n_action_steps`` (Ta): decisions are timed to the Ta actions
     the model is trained and evaluated to execute, and the rest is slack while the next
     chunk is late. A warm-started engine is told how many policy periods passed since its
-    last decision."""
-    start = engine.model.config.n_obs_steps - 1
+    last decision. An inpainting engine (real-time chunking) gets the plan's actions at the
+    chunk's times, weighted by :func:`inpaint_weights`."""
+    config = engine.model.config
+    start = config.n_obs_steps - 1
+    offsets = period * (np.arange(config.horizon) - start)  # each action's time - obs time
     last = {"obs_time": None}
 
-    def policy(window: dict[str, np.ndarray], obs_time: float) -> np.ndarray:
+    def policy(window: dict[str, np.ndarray], obs_time: float, plan: Plan) -> np.ndarray:
         if engine.new_episode:
             last["obs_time"] = None
         shift = None if last["obs_time"] is None else round((obs_time - last["obs_time"])
                                                             / period)
         last["obs_time"] = obs_time
         batch = {k: v[None] for k, v in window.items()}  # (1, To, ...)
-        return engine(batch, shift=shift)["action_pred"][0, start:].cpu().numpy()
+        known = None
+        if engine.inpaint and len(plan.times):
+            times = obs_time + offsets
+            actions = plan.at(times)  # (T, Da), NaN outside the plan
+            weights = inpaint_weights(times, np.isfinite(actions).all(-1), plan.arrival)
+            known = (actions[None], weights[None])
+        return engine(batch, shift=shift, known=known)["action_pred"][0, start:].cpu().numpy()
     return policy
 
 
@@ -243,7 +292,8 @@ class Controller:
     """``observe(key, value, stamp)`` as samples arrive; ``tick()`` at the command rate returns
     the command to send (arm joint targets + gripper opening) or None."""
 
-    def __init__(self, policy: Callable[[dict, float], np.ndarray], *, obs_keys: list[str],
+    def __init__(self, policy: Callable[[dict, float, Plan], np.ndarray], *,
+                 obs_keys: list[str],
                  n_obs_steps: int, period: float, command_period: float,
                  safety: SafetyFilter, clock: Clock = time.monotonic,
                  joint_key: str = "joint_pos", max_obs_age: float = 0.1,
@@ -268,7 +318,8 @@ class Controller:
                 self.stats["skipped_stale:" + ",".join(stale)] += 1
             else:
                 obs_time = self.obs.window_time()
-                self.worker.submit(self.obs.window(obs_time), obs_time)
+                plan = self.schedule.plan(arrival=now + self.worker.latency())
+                self.worker.submit(self.obs.window(obs_time), obs_time, plan)
                 self._collect(now)  # a decision faster than the tick is used this tick
         target = self.schedule.action_at(now)
         if target is None:

@@ -12,7 +12,8 @@ A task is a gymnasium ``Env`` (``reset(seed=...)``, ``step(action)``, ``observat
 - ``fps`` (control rate, Hz), ``max_episode_steps``, ``robot`` and ``task`` names, which the
   episode store records;
 - deterministic seeding: the same seed gives the same initial state and, with the same
-  actions, the same trajectory.
+  actions, the same trajectory;
+- ``teleop_mapping()``: how an operator's end-effector command becomes its action (teleop).
 
 Every task has a scripted expert that acts from observations alone (so it runs beside the env,
 in any process). ``make_env(name, **overrides)`` and ``make_expert(name, ...)`` build them.
@@ -22,12 +23,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gymnasium as gym
 import numpy as np
 
 from robopolicy.errors import RobopolicyError
+
+if TYPE_CHECKING:  # ee_command imports this module
+    from robopolicy.sim.ee_command import TeleopMapping
 
 
 class SimError(RobopolicyError):
@@ -64,6 +68,11 @@ class TaskEnv(gym.Env):
     def render(self) -> np.ndarray:
         """A frame (H, W, 3) uint8 for videos, right side up."""
         raise NotImplementedError
+
+    def teleop_mapping(self) -> TeleopMapping | None:
+        """A new mapping from an operator's end-effector command to this env's actions
+        (``sim/ee_command.py``), or None: no device can drive this task."""
+        return None
 
     # --- shared by all tasks --------------------------------------------------------------
     @property

@@ -27,7 +27,7 @@ from gymnasium import spaces
 
 from robopolicy.sim.arm_scene import TIMESTEP, table_scene, tune_servos
 from robopolicy.sim.core import ScriptedExpert, SimError
-from robopolicy.sim.ik import ArmIK, canonical_quat, quat_error
+from robopolicy.sim.ik import ArmIK, DeltaPoseIK, canonical_quat, quat_error
 from robopolicy.sim.native_base import NativeTaskEnv, vec_space
 from robopolicy.sim.robot import RobotSpec, limit_command, load_robot
 
@@ -145,6 +145,10 @@ class ArmTaskEnv(NativeTaskEnv):
             low, high = -np.ones(self.arm.dof), np.ones(self.arm.dof)
         return spaces.Box(np.append(low, 0.0).astype(np.float32),
                           np.append(high, 1.0).astype(np.float32), dtype=np.float32)
+
+    def teleop_mapping(self) -> DeltaPoseIK:
+        """An end-effector delta to joint targets (or deltas) by IK on this arm's model."""
+        return DeltaPoseIK(self.arm, 1.0 / FPS, absolute=self.control == "joint_pos")
 
     def _reset(self) -> dict[str, np.ndarray]:
         self._restart()

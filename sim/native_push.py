@@ -15,6 +15,7 @@ import numpy as np
 from gymnasium import spaces
 
 from robopolicy.sim.core import ScriptedExpert
+from robopolicy.sim.ee_command import DeltaPosition
 from robopolicy.sim.ik import quat_yaw
 from robopolicy.sim.native_base import BACKDROP_TEXTURES, NativeTaskEnv, vec_space
 
@@ -124,6 +125,10 @@ class PushEnv(NativeTaskEnv):
         self.data.mocap_pos[self._mocap] = [*self._goal, 0.0005]
         mujoco.mj_forward(self.model, self.data)
         return self._obs()
+
+    def teleop_mapping(self) -> DeltaPosition:
+        """The command's x and y are the action (the pusher cannot rise or turn)."""
+        return DeltaPosition(2)
 
     def _step(self, action: np.ndarray) -> tuple[dict[str, np.ndarray], dict[str, float], bool]:
         target = self.data.qpos[self._pusher_q] + MAX_STEP * action

@@ -15,6 +15,7 @@ import numpy as np
 from gymnasium import spaces
 
 from robopolicy.sim.core import ScriptedExpert
+from robopolicy.sim.ee_command import DeltaPosition
 from robopolicy.sim.native_base import BACKDROP_TEXTURES, NativeTaskEnv, vec_space
 
 MAX_STEP = 0.02  # metres of commanded motion per control step at |action| = 1
@@ -105,6 +106,10 @@ class ReachEnv(NativeTaskEnv):
         self.data.mocap_pos[self._mocap] = self._goal
         mujoco.mj_forward(self.model, self.data)  # place geoms for a first image
         return self._obs()
+
+    def teleop_mapping(self) -> DeltaPosition:
+        """The command's translation is the action: full deflection moves MAX_STEP a step."""
+        return DeltaPosition(3)
 
     def _step(self, action: np.ndarray) -> tuple[dict[str, np.ndarray], dict[str, float], bool]:
         target = self.data.qpos[self._qpos] + MAX_STEP * action

@@ -16,6 +16,7 @@ import numpy as np
 from gymnasium import spaces
 
 from robopolicy.sim.core import ScriptedExpert, SimError, TaskEnv, TaskSpec, register
+from robopolicy.sim.ee_command import DeltaPose
 
 CAMERAS = ("agentview", "robot0_eye_in_hand")
 LOW_DIM_KEYS = ("robot0_eef_pos", "robot0_eef_quat", "robot0_gripper_qpos")
@@ -139,6 +140,11 @@ class RobosuiteEnv(TaskEnv):
                 space[f"{cam}_image"] = spaces.Box(
                     0, 255, (self.image_size, self.image_size, 3), np.uint8)
         return spaces.Dict(space)
+
+    def teleop_mapping(self) -> DeltaPose | None:
+        """Delta OSC takes a device's command as it is; an absolute pose target has no
+        mapping (record with the default ``control="delta"``)."""
+        return DeltaPose() if self.control == "delta" else None
 
     @property
     def robosuite_env(self):

@@ -2,11 +2,14 @@
 
     robopolicy teleop --task lift --device keyboard --out demos.zarr [--images] [--episodes N]
     robopolicy teleop --task lift --device scripted --episodes 3 --out demos.zarr
+    robopolicy teleop --task panda_lift --device spacemouse --out demos.zarr  # joint space: IK
     robopolicy teleop --task lift --device keyboard --policy CHECKPOINT_DIR --out dagger.zarr
     robopolicy teleop --task lift --device keyboard --out demos.zarr --record-device s.npz
     robopolicy teleop --task lift --device replay --replay s.npz --out again.zarr
 
-An existing ``--out`` is appended to (same task and rate required).
+Every registered task can be driven: each declares how a device's end-effector command
+becomes its action (``robopolicy.sim.ee_command``). An existing ``--out`` is appended to (same
+task and rate required).
 """
 
 from __future__ import annotations

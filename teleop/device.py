@@ -1,12 +1,14 @@
-"""The one input-device interface, action shaping (scale, dead-zone) and the device registry.
+"""The one input-device interface, command shaping (scale, dead-zone) and the device registry.
 
 Every control tick the recorder calls :meth:`Device.poll` with the current observation and gets
-an :class:`Input`: an action in the task's action space (end-effector delta pose + gripper, 7
-values in [-1, 1]) and the operator's events. A device implements only :meth:`Device.read`,
-which returns a :class:`Reading`: what the hardware says in normalized units (six motion axes in
-[-1, 1], a gripper command, events). Shaping a reading into an action is shared, so the
-dead-zone and the scaling behave the same on every device, and a replayed stream of readings
-gives exactly the actions the live device gave.
+an :class:`Input`: the operator's command (end-effector delta pose + gripper, 7 values in
+[-1, 1], ``robopolicy.sim.ee_command``) and events. The task's own mapping
+(:meth:`TaskEnv.teleop_mapping`) turns the command into its action, so every device drives
+every task. A device implements only :meth:`Device.read`, which returns a :class:`Reading`:
+what the hardware says in normalized units (six motion axes in [-1, 1], a gripper command,
+events). Shaping a reading into a command is shared, so the dead-zone and the scaling behave
+the same on every device, and a replayed stream of readings gives exactly the commands (and,
+through the deterministic mapping, the actions) the live device gave.
 """
 
 from __future__ import annotations
@@ -18,12 +20,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from robopolicy.errors import RobopolicyError
+from robopolicy.sim.ee_command import TeleopMapping
 
 START, SAVE, DISCARD, RESET, INTERVENE, QUIT = (
     "start", "save", "discard", "reset", "intervene", "quit")
 EVENTS = (START, SAVE, DISCARD, RESET, INTERVENE, QUIT)
 N_MOTION = 6  # dx, dy, dz, droll, dpitch, dyaw
-OPEN, CLOSE = -1.0, 1.0  # the tasks' gripper convention
 
 
 class TeleopError(RobopolicyError):
@@ -51,16 +53,16 @@ class Reading:
 
 @dataclass
 class Input:
-    """What the recorder gets each tick: ``action`` (Da,) float32 and the events."""
+    """What the recorder gets each tick: the ``command`` (7,) float32 and the events."""
 
-    action: np.ndarray
+    command: np.ndarray
     events: tuple[str, ...] = ()
     reading: Reading | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
 class Shaping:
-    """How readings become actions: a dead-zone on each motion axis (readings with
+    """How readings become commands: a dead-zone on each motion axis (readings with
     ``|x| < deadzone`` are zero, the rest are rescaled so the response starts at 0 instead of
     jumping), then ``scale`` (translation) and ``rot_scale`` (rotation), clipped to [-1, 1]."""
 
@@ -79,8 +81,8 @@ class Shaping:
         live = np.abs(m) >= self.deadzone
         m = np.where(live, np.sign(m) * (np.abs(m) - self.deadzone) / (1.0 - self.deadzone), 0.0)
         m = m * np.repeat([self.scale, self.rot_scale], 3)
-        action = np.append(m, np.clip(reading.gripper, -1.0, 1.0))
-        return np.clip(action, -1.0, 1.0).astype(np.float32)  # (Da,)
+        command = np.append(m, np.clip(reading.gripper, -1.0, 1.0))
+        return np.clip(command, -1.0, 1.0).astype(np.float32)  # (7,)
 
 
 class Device:
@@ -109,8 +111,9 @@ class Device:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def attach(self, env, task: str) -> None:
-        """The recorder is about to drive ``env`` (registered as ``task``) with this device."""
+    def attach(self, env, task: str, mapping: TeleopMapping) -> None:
+        """The recorder is about to drive ``env`` (registered as ``task``) with this device,
+        turning its commands into actions with ``mapping``."""
 
     def reset(self, obs: Mapping[str, np.ndarray]) -> None:
         """A new episode starts from ``obs`` (latched state such as the gripper is kept)."""
@@ -120,7 +123,7 @@ class Device:
         raise NotImplementedError
 
     def poll(self, obs: Mapping[str, np.ndarray]) -> Input:
-        """This tick's action (shaped reading) and events."""
+        """This tick's command (the shaped reading) and events."""
         reading = self.read(obs)
         return Input(self.shaping(reading), reading.events, reading)
 

@@ -24,11 +24,10 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from robopolicy.sim.ee_command import CLOSE, OPEN
 from robopolicy.teleop.device import (
-    CLOSE,
     DISCARD,
     INTERVENE,
-    OPEN,
     QUIT,
     RESET,
     SAVE,

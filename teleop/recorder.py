@@ -1,11 +1,12 @@
 """The teleoperation loop: a device (and optionally a trained model) drives an env at its
 control rate, and each episode is streamed into an episode store.
 
-Per tick: poll the device, handle its events, pick who acts (the operator, or the model until
-the operator intervenes), step the env, queue the step for the background writer. Episodes
-start on a ``start`` event (or at once with ``autostart``), and end on ``save`` / ``discard`` /
-``reset`` / ``quit`` or when the env ends them (success is saved; a time-out is saved only with
-``keep_failures``). While idle the env is not stepped: the arm holds still.
+Per tick: poll the device, handle its events, pick who acts (the operator, whose command the
+task's own mapping turns into an action, or the model until the operator intervenes), step the
+env, queue the step for the background writer. Episodes start on a ``start`` event (or at once
+with ``autostart``), and end on ``save`` / ``discard`` / ``reset`` / ``quit`` or when the env
+ends them (success is saved; a time-out is saved only with ``keep_failures``). While idle the
+env is not stepped: the arm holds still.
 
 Stored per step: the observations (role "obs"), ``action`` ("action") and, role "other",
 ``timestamp`` (float64 seconds since the episode's first step) and ``intervention`` (bool: the
@@ -22,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from robopolicy.data.store import EpisodeStore
+from robopolicy.sim.ee_command import TeleopMapping
 from robopolicy.teleop.device import (
     DISCARD,
     INTERVENE,
@@ -64,6 +66,17 @@ def open_store(out: str | os.PathLike, env, task: str, source: str) -> EpisodeSt
     return store
 
 
+def task_mapping(env, task: str) -> TeleopMapping:
+    """The mapping ``env`` declares from a device's command to its actions, or a one-line
+    error for a task that declares none."""
+    mapping = env.teleop_mapping()
+    if mapping is None:
+        raise TeleopError(f"task '{task}' declares no mapping from a device's end-effector "
+                          "command to its actions (TaskEnv.teleop_mapping), so it cannot be "
+                          "teleoperated; pick a task that does (`robopolicy sim list`)")
+    return mapping
+
+
 class PolicyDriver:
     """A trained action model for one env, through the :class:`ChunkExecutor`."""
 
@@ -99,15 +112,19 @@ class PolicyDriver:
 
 class Recorder:
     """Runs the loop; :meth:`run` returns a summary. ``rate`` (Hz) defaults to the env's
-    ``fps``; ``rate=0`` runs as fast as the env steps (tests, replays)."""
+    ``fps``; ``rate=0`` runs as fast as the env steps (tests, replays). ``mapping`` defaults
+    to the one the task declares; it is anchored on the observation whenever the operator
+    takes over from a state it did not command (a new episode, each step the model drove)."""
 
     def __init__(self, env, device: Device, store: EpisodeStore, *, task: str,
+                 mapping: TeleopMapping | None = None,
                  policy: PolicyDriver | None = None, rate: float | None = None,
                  episodes: int | None = None, notes: str = "", seed: int = 0,
                  autostart: bool = False, keep_failures: bool = False,
                  display: StatusLine | None = None, background: bool = True,
                  flush_every: int = 64):
         self.env, self.device, self.store, self.task = env, device, store, task
+        self.mapping = mapping or task_mapping(env, task)
         self.policy = policy
         self.rate = env.fps if rate is None else rate
         self.episodes, self.notes, self.seed = episodes, notes, seed
@@ -128,7 +145,7 @@ class Recorder:
 
     # ------------------------------------------------------------------ the loop
     def run(self) -> dict:
-        self.device.attach(self.env, self.task)
+        self.device.attach(self.env, self.task, self.mapping)
         period = 1.0 / self.rate if self.rate else 0.0
         try:
             with self.device:
@@ -156,14 +173,14 @@ class Recorder:
         for event in got.events:
             self._handle(event, now)
         if self.recording:
-            self._step(got.action, now)
+            self._step(got.command, now)
         if self.obs is not None:
             self.display.show(self._status(), self.obs, self.env)
 
-    def _step(self, device_action: np.ndarray, now: float) -> None:
+    def _step(self, command: np.ndarray, now: float) -> None:
         human = self.policy is None or self.intervening
         if human:
-            action = device_action
+            action = self.mapping(command, self.obs)
             if self.policy is not None:
                 self.policy.observe(self.obs)
         else:
@@ -177,6 +194,8 @@ class Recorder:
         start = time.perf_counter()
         self.obs, _, terminated, truncated, info = self.env.step(action)
         self.env_times.append(time.perf_counter() - start)
+        if not human:  # the operator may take over from here: the mapping starts where it is
+            self.mapping.reset(self.obs)
         self.steps += 1
         self.success |= bool(info["success"])
         if terminated or truncated:
@@ -228,6 +247,7 @@ class Recorder:
     def _reset_env(self) -> None:
         self.attempt += 1
         self.obs, _ = self.env.reset(seed=self.seed + self.attempt)
+        self.mapping.reset(self.obs)
         self.device.reset(self.obs)
         self.intervening = False  # every episode starts with the model in control
         if self.policy is not None:
@@ -262,14 +282,15 @@ def record(task: str, device: Device, out: str | os.PathLike, *, images: bool = 
 
     env = make_env(task, images=images, **(env_overrides or {}))
     try:
+        mapping = task_mapping(env, task)  # before the store exists: no empty store on error
         policy = None
         if policy_dir is not None:
             from robopolicy.policies import load_model
 
             policy = PolicyDriver(load_model(policy_dir), env)
         with open_store(out, env, task, source=f"teleop:{device.name}") as store:
-            summary = Recorder(env, device, store, task=task, policy=policy, display=display,
-                               **kwargs).run()
+            summary = Recorder(env, device, store, task=task, mapping=mapping, policy=policy,
+                               display=display, **kwargs).run()
     finally:
         env.close()
     return summary | {"out": str(out), "task": task, "device": device.name}

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from robopolicy.sim.ee_command import TeleopMapping
 from robopolicy.teleop.device import START, Device, Reading, Shaping, TeleopError
 
 STREAM_KEYS = ("motion", "gripper", "events", "device", "shaping")
@@ -28,7 +29,16 @@ class ScriptedDevice(Device):
     """The task's scripted expert at the controls: it starts recording on the first tick of
     every episode and moves as the expert does (episodes end when the task succeeds or times
     out). ``script`` maps a tick of the episode (0 = first tick after reset) to extra events,
-    e.g. ``{5: ["intervene"], 12: ["intervene"]}`` to test hand-overs headless."""
+    e.g. ``{5: ["intervene"], 12: ["intervene"]}`` to test hand-overs headless.
+
+    The expert acts in the task's action space (joint targets on an arm, a planar delta on the
+    pusher); its reading is the command the task's mapping turns into that action now
+    (:meth:`TeleopMapping.inverse`), so its sessions go device -> shaping -> mapping ->
+    action like a human's, and its stream replays on the same task. On the linear mappings
+    the recorded action is the expert's exactly; on a joint-space arm it is the IK's step
+    toward the hand pose of the expert's joint targets (on most steps within half a
+    millimetre of it, at most a few where the expert moves faster than full deflection).
+    """
 
     name = "scripted"
 
@@ -39,15 +49,17 @@ class ScriptedDevice(Device):
         self.task, self.seed = task, seed
         self.script = {int(k): tuple(v) for k, v in (script or {}).items()}
         self.expert = None
+        self.mapping: TeleopMapping | None = None
         self.tick = 0
         self.episode = -1
 
-    def attach(self, env, task: str) -> None:
+    def attach(self, env, task: str, mapping: TeleopMapping) -> None:
         """Build the expert for the env the recorder drives (its task and action space)."""
         from robopolicy.sim.core import make_expert
 
         self.task = self.task or task
         self.expert = make_expert(self.task, env.action_space, seed=self.seed)
+        self.mapping = mapping
 
     def reset(self, obs: Mapping[str, np.ndarray]) -> None:
         if self.expert is None:
@@ -57,10 +69,10 @@ class ScriptedDevice(Device):
         self.episode += 1
 
     def read(self, obs: Mapping[str, np.ndarray]) -> Reading:
-        action = self.expert.act(obs)  # (Da,) already in the action space
+        command = self.mapping.inverse(self.expert.act(obs), obs)  # (7,)
         events = ((START,) if self.tick == 0 else ()) + self.script.get(self.tick, ())
         self.tick += 1
-        return Reading(action[:6], action[6], events)
+        return Reading(command[:6], command[6], events)
 
 
 class ReplayDevice(Device):
@@ -128,8 +140,8 @@ class StreamRecorder(Device):
     def recording(self, value: bool) -> None:
         self.device.recording = value
 
-    def attach(self, env, task: str) -> None:
-        self.device.attach(env, task)
+    def attach(self, env, task: str, mapping: TeleopMapping) -> None:
+        self.device.attach(env, task, mapping)
 
     def open(self) -> StreamRecorder:
         self.device.open()

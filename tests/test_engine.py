@@ -162,6 +162,63 @@ def test_warm_start_continues_the_shifted_chunk_with_the_last_steps_only(case):
     assert shifted.shape[1] == horizon
 
 
+def known_prefix(model, frozen=3, blended=2, seed=5):
+    """Raw known actions (1, T, Da) with weights: ``frozen`` pinned, ``blended`` at 0.5,
+    nothing known (NaN, weight 0) after them."""
+    g = torch.Generator().manual_seed(seed)
+    horizon, dim = model.config.horizon, model.action_dim
+    actions = torch.rand((1, horizon, dim), generator=g) * 1.6 - 0.8  # inside the +-1 range
+    weights = torch.zeros(1, horizon)
+    weights[:, :frozen], weights[:, frozen:frozen + blended] = 1.0, 0.5
+    actions[:, frozen + blended:] = float("nan")
+    return actions, weights
+
+
+@pytest.mark.parametrize("case", ["ddim", "ddpm", "flow"])
+def test_inpainting_pins_the_known_actions_and_conditions_the_rest_on_them(case):
+    """Weight-1 actions come out exactly as known; the others are the model's, changed by
+    what it saw; nothing known is the plain sampler."""
+    model = CASES[case]()
+    engine = InferenceEngine(model, backend="eager", inpaint=True)
+    obs = observations(model, 1, 0)
+    noise = [torch.randn(s) for s in engine.noise_shapes(1)]
+    free, _ = reference(model, obs, noise)
+    torch.testing.assert_close(engine(obs, noise=noise)["action_pred"], free["action_pred"])
+    actions, weights = known_prefix(model)
+    got = engine(obs, noise=noise, known=(actions, weights))["action_pred"]
+    torch.testing.assert_close(got[:, :3], actions[:, :3], atol=1e-5, rtol=0)
+    tail_change = (got[:, 5:] - free["action_pred"][:, 5:]).abs().max()
+    assert tail_change > 1e-3  # the unknown actions follow the pinned ones
+
+
+def test_compiled_inpainting_equals_eager():
+    torch._dynamo.reset()
+    model = CASES["flow"]()
+    obs = observations(model, 1, 0)
+    noise = [torch.randn(s) for s in InferenceEngine(model, inpaint=True).noise_shapes(1)]
+    known = known_prefix(model)
+    eager = InferenceEngine(model, backend="eager", inpaint=True)(obs, noise=noise, known=known)
+    compiled = InferenceEngine(model, backend="compile", inpaint=True)(obs, noise=noise,
+                                                                       known=known)
+    torch.testing.assert_close(compiled["action_pred"], eager["action_pred"], atol=1e-5,
+                               rtol=0)
+
+
+def test_inpainting_errors_are_one_line():
+    model = CASES["ddim"]()
+    obs = observations(model, 1, 0)
+    actions, weights = known_prefix(model)
+    with pytest.raises(ConfigError, match="known actions need an engine built with inpaint"):
+        InferenceEngine(model)(obs, known=(actions, weights))
+    engine = InferenceEngine(model, inpaint=True)
+    with pytest.raises(ValueError, match="not finite where their weight is > 0"):
+        engine(obs, known=(actions, torch.ones_like(weights)))
+    with pytest.raises(ValueError, match=r"must be \(1, 8, 2\) and \(1, 8\)"):
+        engine(obs, known=(actions[:, :4], weights[:, :4]))
+    with pytest.raises(ConfigError, match="inpaint needs a diffusion or flow model"):
+        InferenceEngine(CASES["streaming"](), inpaint=True)
+
+
 def test_engine_errors_are_one_line():
     model = CASES["ddim"]()
     with pytest.raises(ConfigError, match="backend 'tensorrt' is not one of"):
@@ -188,3 +245,18 @@ def test_cuda_graph_engine_equals_the_reference_sampler(case):
     bf16 = InferenceEngine(CASES[case](), device="cuda", backend="cuda_graph",
                            autocast=torch.bfloat16)
     assert run_both(bf16, reference_model, batch=2, atol=BF16_BOUND) <= BF16_BOUND
+
+
+@pytest.mark.gpu
+def test_cuda_graph_inpainting_equals_eager():
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    model = CASES["ddim"]()
+    obs = observations(model, 1, 0)
+    engine = InferenceEngine(model, backend="eager", inpaint=True)
+    noise = [torch.randn(s) for s in engine.noise_shapes(1)]
+    known = known_prefix(model)
+    want = engine(obs, noise=noise, known=known)["action_pred"]
+    graph = InferenceEngine(CASES["ddim"](), device="cuda", backend="cuda_graph", inpaint=True)
+    graph.warm_up(1)
+    got = graph(obs, noise=noise, known=known)["action_pred"].cpu()
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)

@@ -24,3 +24,6 @@ def test_readme_python_example_runs(tmp_path, monkeypatch):
     assert namespace["arm_obs"]["joint_pos"].shape == (7,)
     assert namespace["loss"].ndim == 0 and namespace["policy"].n_obs_steps == 2
     assert namespace["chunk"].shape == (1, 8, 7)
+    teleop_target = namespace["teleop_target"]  # up at full speed from home, gripper open
+    assert teleop_target.shape == (8,) and teleop_target[-1] == 1.0
+    assert not (teleop_target[:7] == namespace["joints"]["joint_pos"]).all()

@@ -14,6 +14,13 @@ of three backends:
   outputs read from static ones. Streaming models keep their buffer inside the engine, and
   their first call of an episode (K transitions) and steady-state call (K / h) are two graphs.
 
+Two options change what a decision starts from. ``warm_start=k`` (the Real-Time Iteration
+scheme) re-noises the previous chunk, moved on by the executed actions, and runs only the
+last k steps. ``inpaint=True`` (real-time chunking) takes the actions the controller has
+already planned for the new chunk's times, with weights, and pulls the chain toward them at
+every step (:class:`~robopolicy.policies.protocol.Inpaint`), so the new chunk continues what is
+being executed while it is computed instead of switching to another mode of the policy.
+
 ``autocast`` (``torch.bfloat16`` or ``torch.float16``) runs the networks in that precision
 while the chain's own arithmetic stays float32. Noise is drawn by the engine from its own
 generator unless given, so a decision is reproducible and can be checked against the model's
@@ -30,6 +37,7 @@ import torch
 
 from robopolicy.errors import ConfigError
 from robopolicy.policies.base import ActionModel
+from robopolicy.policies.protocol import Inpaint
 
 BACKENDS = ("auto", "eager", "compile", "cuda_graph")
 
@@ -40,7 +48,7 @@ class InferenceEngine:
 
     def __init__(self, model: ActionModel, *, device: str | torch.device | None = None,
                  backend: str = "auto", autocast: torch.dtype | None = None, seed: int = 0,
-                 warm_start: int | None = None):
+                 warm_start: int | None = None, inpaint: bool = False):
         if backend not in BACKENDS:
             raise ConfigError(f"engine backend '{backend}' is not one of {BACKENDS}")
         self.device = torch.device(device) if device is not None else model.device
@@ -59,6 +67,10 @@ class InferenceEngine:
         if warm_start is not None and (self.streaming or not 1 <= warm_start < k):
             raise ConfigError(f"engine warm_start={warm_start} needs a diffusion or flow model "
                               f"and 1 <= warm_start < K={k} (streaming carries its own buffer)")
+        if inpaint and self.streaming:
+            raise ConfigError("engine inpaint needs a diffusion or flow model (streaming "
+                              "carries its own buffer)")
+        self.inpaint = inpaint  # real-time chunking: decisions take the committed actions
         self.stateful = self.streaming or warm_start is not None
         self.generator = torch.Generator(self.device).manual_seed(seed)
         # B -> what the next call continues from: streaming (buffer, steps left), warm start
@@ -81,7 +93,8 @@ class InferenceEngine:
         return [start, (batch_size, k, *start[1:])]
 
     def _decide(self, obs: dict[str, torch.Tensor], noise: list[torch.Tensor], first: bool,
-                shift: torch.Tensor, *carried: torch.Tensor) -> tuple[torch.Tensor, ...]:
+                shift: torch.Tensor, known: tuple[torch.Tensor, torch.Tensor] | None,
+                *carried: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """The pure function: (action_pred (B, T, Da) raw, *what the next call continues
         from)."""
         model = self.model
@@ -89,10 +102,16 @@ class InferenceEngine:
             cond = model.encode_obs(obs)  # (B, Dc), once per decision
             if self.streaming:
                 return self._stream(cond, noise, first, *carried)
+            inpaint = None
+            if known is not None:
+                actions, weights = known  # raw (B, T, Da), (B, T)
+                inpaint = Inpaint(model.normalizer.normalize(model.config.action_key, actions),
+                                  weights[..., None], noise[0])
             if first or not self.warm_start:
-                naction = model.sample(cond, noise=noise[0], step_noise=noise[1])
+                naction = model.sample(cond, noise=noise[0], step_noise=noise[1],
+                                       inpaint=inpaint)
             else:
-                naction = self._warm_chain(cond, noise, shift, carried[0])
+                naction = self._warm_chain(cond, noise, shift, carried[0], inpaint)
         naction = naction.float()
         action_pred = model.chunk_actions(naction)["action_pred"]
         return (action_pred, naction) if self.warm_start else (action_pred,)
@@ -110,7 +129,7 @@ class InferenceEngine:
                 call.steps_left)
 
     def _warm_chain(self, cond: torch.Tensor, noise: list[torch.Tensor], shift: torch.Tensor,
-                    previous: torch.Tensor) -> torch.Tensor:
+                    previous: torch.Tensor, inpaint: Inpaint | None) -> torch.Tensor:
         """The Real-Time Iteration warm start: the previous chunk (B, T, Da) moved ``shift``
         (B,) actions on (its last action repeated at the end), re-noised to the level of step
         K - warm_start, then only the last warm_start transitions of the chain."""
@@ -122,7 +141,7 @@ class InferenceEngine:
         schedule = model.step_schedule(shifted, k)[k - self.warm_start:]
         x = model.noised(shifted, schedule[0], noise[0], num_steps=k)
         naction, _ = model.run_chain(x, schedule, cond, noise[1], num_steps=k,
-                                     eta=model.config.eta, min_std=0.0)
+                                     eta=model.config.eta, min_std=0.0, inpaint=inpaint)
         return naction
 
     def _precision(self):
@@ -135,8 +154,13 @@ class InferenceEngine:
     @torch.no_grad()
     def __call__(self, obs: dict[str, torch.Tensor | np.ndarray],
                  noise: list[torch.Tensor] | None = None,
-                 shift: int | torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """``shift``: actions executed since the last decision (warm start; default Ta)."""
+                 shift: int | torch.Tensor | None = None,
+                 known: tuple[torch.Tensor | np.ndarray, ...] | None = None
+                 ) -> dict[str, torch.Tensor]:
+        """``shift``: actions executed since the last decision (warm start; default Ta).
+        ``known`` (an ``inpaint`` engine): (actions (B, T, Da) raw, weights (B, T) in
+        [0, 1]) the chunk is inpainted toward; NaN actions are allowed where the weight is
+        0 (nothing known there). None: nothing known."""
         obs = {k: torch.as_tensor(obs[k], device=self.device) for k in self.model.obs_keys}
         batch_size = len(next(iter(obs.values())))
         first = not self.stateful or self.new_episode or batch_size not in self.state
@@ -150,8 +174,9 @@ class InferenceEngine:
         shift = torch.as_tensor(self.model.config.n_action_steps if shift is None else shift,
                                 device=self.device).expand(batch_size).long()  # (B,)
         carried = () if first else self.state[batch_size]
-        out = self._run(batch_size, first, obs, [n.to(self.device) for n in noise], shift,
-                        carried)
+        known = self._known(batch_size, known)
+        out = self._run(batch_size, first, obs, [n.to(self.device) for n in noise],
+                        (shift, known), carried)
         if self.stateful:
             self.state[batch_size] = tuple(o.clone() for o in out[1:])
             self.new_episode = False
@@ -160,25 +185,49 @@ class InferenceEngine:
         return {"action": action_pred[:, start:start + self.model.config.n_action_steps],
                 "action_pred": action_pred}
 
+    def _known(self, batch_size: int, known: tuple | None) -> tuple[torch.Tensor, ...] | None:
+        """The inpainting inputs as device tensors, NaN-free (nothing known: zero weights)."""
+        if not self.inpaint:
+            if known is not None:
+                raise ConfigError("engine: known actions need an engine built with "
+                                  "inpaint=True")
+            return None
+        shape = self.model.chunk_shape(batch_size)
+        if known is None:
+            return (torch.zeros(shape, device=self.device),
+                    torch.zeros(shape[:2], device=self.device))
+        actions, weights = (torch.as_tensor(v, dtype=torch.float32, device=self.device)
+                            for v in known)
+        if tuple(actions.shape) != shape or tuple(weights.shape) != shape[:2]:
+            raise ValueError(f"engine known actions {tuple(actions.shape)} and weights "
+                             f"{tuple(weights.shape)} must be {shape} and {shape[:2]}")
+        weights = weights.clamp(0.0, 1.0)
+        unknown = ~torch.isfinite(actions)
+        if (unknown & (weights[..., None] > 0)).any():
+            raise ValueError("engine known actions are not finite where their weight is > 0")
+        return actions.masked_fill(unknown, 0.0), weights
+
     def reset(self) -> None:
         """The next call starts an episode (a full chain; streaming: from pure noise)."""
         self.new_episode = True
 
-    def _run(self, batch_size: int, first: bool, obs: dict, noise: list, shift: torch.Tensor,
+    def _run(self, batch_size: int, first: bool, obs: dict, noise: list, given: tuple,
              carried: tuple) -> tuple[torch.Tensor, ...]:
+        """``given``: (shift, known): the per-call inputs besides observations and noise."""
         if self.backend == "eager":
-            return self._decide(obs, noise, first, shift, *carried)
+            return self._decide(obs, noise, first, *given, *carried)
         if self.backend == "compile":
             if first not in self._compiled:
                 self._compiled[first] = torch.compile(
-                    lambda o, n, s, *c, f=first: self._decide(o, n, f, s, *c), fullgraph=True)
-            return self._compiled[first](obs, noise, shift, *carried)
+                    lambda o, n, g, *c, f=first: self._decide(o, n, f, *g, *c),
+                    fullgraph=True)
+            return self._compiled[first](obs, noise, given, *carried)
         key = (batch_size, first)
         if key not in self._graphs:
             self._graphs[key] = _Graph(
-                lambda o, n, s, *c, f=first: self._decide(o, n, f, s, *c),
-                (obs, noise, shift, *carried))
-        return self._graphs[key].replay((obs, noise, shift, *carried))
+                lambda o, n, g, *c, f=first: self._decide(o, n, f, *g, *c),
+                (obs, noise, given, *carried))
+        return self._graphs[key].replay((obs, noise, given, *carried))
 
     def warm_up(self, batch_size: int = 1) -> None:
         """Build every graph (or compiled function) a run will use, before the first real

@@ -31,7 +31,7 @@ from robopolicy.data.dataset import check_window
 from robopolicy.data.normalizer import MODES, MissingStatsError, Normalizer, affine_from_stats
 from robopolicy.errors import ConfigError
 from robopolicy.nets import BACKBONES, ObsEncoder, make_backbone
-from robopolicy.policies.protocol import Chain
+from robopolicy.policies.protocol import Chain, Inpaint
 
 CONFIG_NAME, WEIGHTS_NAME = "config.json", "model.safetensors"
 RENAMED = {"ddim_eta": "eta"}  # old config field -> new (checkpoints of earlier versions)
@@ -275,11 +275,12 @@ class ActionModel(nn.Module, ABC):
                step_noise: torch.Tensor | None = None,
                generator: torch.Generator | None = None, num_steps: int | None = None,
                eta: float | None = None, min_std: float = 0.0, return_chain: bool = False,
-               finetuned: nn.Module | None = None, finetune_steps: int | None = None
-               ) -> torch.Tensor | Chain:
+               finetuned: nn.Module | None = None, finetune_steps: int | None = None,
+               inpaint: Inpaint | None = None) -> torch.Tensor | Chain:
         """The chain from ``noise`` (B, T, Da) through K transitions, x_{i+1} = mean + std *
         step_noise[:, i] with step_noise (B, K, T, Da); either is drawn from ``generator``
-        when not given. Returns x_K (B, T, Da), or the :class:`Chain` of visited states."""
+        when not given; ``inpaint`` pulls it toward known actions (:class:`Inpaint`).
+        Returns x_K (B, T, Da), or the :class:`Chain` of visited states."""
         num_steps, eta = self.resolve(num_steps, eta)
         shape = self.chunk_shape(len(cond))
         if noise is None:
@@ -292,17 +293,19 @@ class ActionModel(nn.Module, ABC):
         check_shape("step_noise", step_noise, (shape[0], len(schedule), *shape[1:]))
         x, visited = self.run_chain(noise, schedule, cond, step_noise, num_steps=num_steps,
                                     eta=eta, min_std=min_std, finetuned=finetuned,
-                                    finetune_steps=finetune_steps)
+                                    finetune_steps=finetune_steps, inpaint=inpaint)
         return Chain(torch.stack(visited, 1), torch.stack(schedule)) if return_chain else x
 
     def run_chain(self, x: torch.Tensor, schedule: list[torch.Tensor], cond: torch.Tensor,
                   step_noise: torch.Tensor, *, num_steps: int, eta: float, min_std: float,
-                  finetuned: nn.Module | None = None, finetune_steps: int | None = None
+                  finetuned: nn.Module | None = None, finetune_steps: int | None = None,
+                  inpaint: Inpaint | None = None
                   ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """The one sampling loop, over the family's transition (what ``denoise_step`` runs):
         x, and the visited states [x_0, ..., x_n]. The last ``finetune_steps`` transitions
         (all of them, for a shorter chain) use ``finetuned`` as the denoiser, the others the
-        model's own; by default the model's DPPO copy and ``config.finetune_steps``."""
+        model's own; by default the model's DPPO copy and ``config.finetune_steps``.
+        ``inpaint`` pulls every state toward known actions (:class:`Inpaint`)."""
         if finetune_steps is None:
             finetune_steps = self.config.finetune_steps
             if finetuned is None:
@@ -313,12 +316,16 @@ class ActionModel(nn.Module, ABC):
         finetune_steps = min(finetune_steps, len(schedule))
         first_finetuned = len(schedule) - finetune_steps
         table = self.step_table(num_steps, eta)  # (K, C), once for the whole chain
+        if inpaint is not None:
+            x = inpaint.apply(self, x, schedule[0], num_steps)
         visited = [x]
         for r, i in enumerate(schedule):
             net = finetuned if r >= first_finetuned else None
             mean, std = self.transition(x, i, step_coefficients(table, i), cond,
                                         min_std=min_std, net=net)
             x = mean + std * step_noise[:, r]  # (B, T, Da)
+            if inpaint is not None:
+                x = inpaint.apply(self, x, i + 1, num_steps)
             visited.append(x)
         return x, visited
 

@@ -69,6 +69,27 @@ class Chain(NamedTuple):
         return Chain(self.x[:, k - n:], self.steps[k - n:])
 
 
+class Inpaint(NamedTuple):
+    """Known actions a chain is pulled toward (inpainting: real-time chunking's prefix).
+
+    After every transition the state at level i becomes ``lerp(x, noised(actions, i, noise),
+    weights)``: weight 1 pins an action to the known one's own noised path (exactly the known
+    action at the end), 0 leaves the model free, and between them the two blend. ``noise``
+    is the chain's start noise, so a pinned action follows one consistent path from that
+    noise to its value instead of being re-noised afresh each step. Written over the
+    family's ``noised``, it works for every family and needs no gradient (Black et al.'s RTC
+    guides the flow with a vector-Jacobian product instead: a backward pass per step)."""
+
+    actions: torch.Tensor  # (B, T, Da) normalized
+    weights: torch.Tensor  # (B, T, 1) in [0, 1]
+    noise: torch.Tensor  # (B, T, Da)
+
+    def apply(self, model: ActionModelProtocol, x: torch.Tensor, i: torch.Tensor,
+              num_steps: int) -> torch.Tensor:
+        known = model.noised(self.actions, i, self.noise, num_steps=num_steps)
+        return torch.lerp(x, known, self.weights)
+
+
 @runtime_checkable
 class ActionModelProtocol(Protocol):
     """What a model family implements (see the module docstring for the vocabulary)."""
@@ -100,11 +121,12 @@ class ActionModelProtocol(Protocol):
                step_noise: torch.Tensor | None = None,
                generator: torch.Generator | None = None, num_steps: int | None = None,
                eta: float | None = None, min_std: float = 0.0, return_chain: bool = False,
-               finetuned: nn.Module | None = None, finetune_steps: int | None = None
-               ) -> torch.Tensor | Chain:
+               finetuned: nn.Module | None = None, finetune_steps: int | None = None,
+               inpaint: Inpaint | None = None) -> torch.Tensor | Chain:
         """x_K (B, T, Da) from ``noise`` (B, T, Da) and ``step_noise`` (B, K, T, Da); the
         last ``finetune_steps`` transitions run ``finetuned`` instead of the denoiser (by
-        default the model's own DPPO-fine-tuned copy, ``config.finetune_steps``)."""
+        default the model's own DPPO-fine-tuned copy, ``config.finetune_steps``);
+        ``inpaint`` pulls the chain toward known actions."""
 
     def step_log_prob(self, x: torch.Tensor, i: torch.Tensor, x_next: torch.Tensor,
                       cond: torch.Tensor, *, reduce: str, num_steps: int | None = None,

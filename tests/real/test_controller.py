@@ -4,12 +4,18 @@ safety filter behind every command."""
 
 import numpy as np
 import pytest
+import torch
 
+from robopolicy.engine import InferenceEngine
+from robopolicy.policies import MODELS, FlowConfig
 from robopolicy.real.controller import (
     ChunkScheduler,
     Controller,
     ManualClock,
     ObservationBuffer,
+    Plan,
+    engine_policy,
+    inpaint_weights,
 )
 from robopolicy.real.safety import SafetyConfig, SafetyFilter
 from robopolicy.sim.robot import load_robot
@@ -73,13 +79,57 @@ def test_temporal_ensembling_weights_older_predictions_more():
     assert s.action_at(0.20)[0] == pytest.approx(1.0)  # only the new chunk predicts slot 4
 
 
+def test_the_plan_is_what_the_schedule_would_command_and_nan_outside_it():
+    s = ChunkScheduler(PERIOD)
+    s.add(np.arange(4.0)[:, None] * [1.0, -1.0], obs_time=0.0, now=0.0)
+    plan = s.plan(arrival=0.07)
+    got = plan.at(np.array([-0.01, 0.025, 0.15, 0.2]))
+    assert np.isnan(got[0]).all() and np.isnan(got[3]).all()  # before and after the plan
+    np.testing.assert_allclose(got[1:3], [[0.5, -0.5], [3.0, -3.0]])
+    assert plan.arrival == 0.07
+
+
+def test_inpaint_weights_freeze_what_runs_before_arrival_then_fall_to_the_plans_end():
+    times = PERIOD * np.arange(10)
+    known = np.arange(10) < 7  # the plan reaches the 7th action
+    w = inpaint_weights(times, known, arrival=0.12)
+    np.testing.assert_array_equal(w[:3], 1.0)  # 0, 50 and 100 ms: commanded before arrival
+    assert 1 > w[3] > w[4] > w[5] > w[6] > 0  # RTC's exponential decay over the overlap
+    np.testing.assert_array_equal(w[7:], 0.0)
+    assert not inpaint_weights(times, np.zeros(10, bool), arrival=1.0).any()
+
+
+def test_an_inpainting_policy_continues_the_plan_through_the_chunks_arrival():
+    """engine_policy hands the plan to an inpainting engine: the new chunk's actions up to
+    the expected arrival are the planned ones, so the switch to it is seamless."""
+    torch.manual_seed(0)
+    config = FlowConfig(shapes={"joint_pos": [7], "action": [8]}, horizon=8, n_obs_steps=2,
+                        n_action_steps=4, num_inference_steps=4, backbone="mlp",
+                        backbone_kwargs={"hidden_dim": 32, "n_layers": 1})
+    model = MODELS["flow"](config)
+    model.fit_normalizer({k: {"min": -np.ones(d), "max": np.ones(d)}
+                          for k, d in (("joint_pos", 7), ("action", 8))})
+    policy = engine_policy(InferenceEngine(model.eval(), inpaint=True), PERIOD)
+    window = {"joint_pos": np.zeros((2, 7), np.float32)}
+    obs_time = 1.0
+    times = obs_time + PERIOD * np.arange(-1, 6)  # the old chunk, planned to 1.25 s
+    planned = np.random.default_rng(0).uniform(-0.5, 0.5, (len(times), 8))
+    plan = Plan(times, planned, arrival=obs_time + 0.12)
+    chunk = policy(window, obs_time, plan)  # (T - To + 1, Da) from the observation time on
+    assert chunk.shape == (7, 8)
+    np.testing.assert_allclose(chunk[:3], planned[1:4], atol=1e-5)  # 1.0, 1.05, 1.1 s
+    assert np.abs(chunk[5:] - planned[6:7]).max() > 1e-3  # past the plan: the model's own
+    free = engine_policy(InferenceEngine(model), PERIOD)(window, obs_time, plan)
+    assert np.abs(free[:3] - planned[1:4]).max() > 1e-2  # without inpainting it is not
+
+
 def make_controller(clock, delay, latency_matching=True, max_age=0.1):
     """A policy whose action for time t is t itself on every joint: what it commands at a
     time tells which prediction the scheduler picked for it."""
     robot = load_robot("panda")
     calls = []
 
-    def policy(window, obs_time):
+    def policy(window, obs_time, plan):
         t_obs = window["clock"][-1, 0]
         calls.append(t_obs)
         times = t_obs + PERIOD * np.arange(8)  # (8,)

@@ -77,16 +77,16 @@ def test_keyboard_through_a_pty(pty_pair):
     with KeyboardDevice(fd=slave, backend="terminal", hold_ticks=2) as kb:
         raw = termios.tcgetattr(slave)
         assert not raw[3] & termios.ICANON and not raw[3] & termios.ECHO
-        assert kb.poll(obs).action.tolist() == [0] * 6 + [-1]  # nothing pressed, gripper open
+        assert kb.poll(obs).command.tolist() == [0] * 6 + [-1]  # nothing pressed, gripper open
         os.write(master, b"w\x1b[Dr")  # +x, left arrow (+y), +z
         got = kb.poll(obs)
-        np.testing.assert_array_equal(got.action, [1, 1, 1, 0, 0, 0, -1])
+        np.testing.assert_array_equal(got.command, [1, 1, 1, 0, 0, 0, -1])
         assert got.events == ()
-        np.testing.assert_array_equal(kb.poll(obs).action[:3], [1, 1, 1])  # held 2 ticks
-        np.testing.assert_array_equal(kb.poll(obs).action[:3], [0, 0, 0])  # then released
+        np.testing.assert_array_equal(kb.poll(obs).command[:3], [1, 1, 1])  # held 2 ticks
+        np.testing.assert_array_equal(kb.poll(obs).command[:3], [0, 0, 0])  # then released
         os.write(master, b" x\r")  # close gripper, roll -, enter
         got = kb.poll(obs)
-        np.testing.assert_array_equal(got.action, [0, 0, 0, -1, 0, 0, 1])
+        np.testing.assert_array_equal(got.command, [0, 0, 0, -1, 0, 0, 1])
         assert got.events == (START,)
         kb.recording = True  # the recorder says it is recording: enter now saves
         os.write(master, b"\ri\x7fnq")
@@ -187,7 +187,7 @@ def test_gamepad_reads_a_joystick_file(tmp_path):
             second = pad.poll({})
     finally:
         os.close(writer_fd)
-    assert first.action[4] == pytest.approx(-1.0)  # right stick down: -pitch
+    assert first.command[4] == pytest.approx(-1.0)  # right stick down: -pitch
     assert first.events == ()
     assert second.events == (DISCARD,)
 
@@ -207,7 +207,7 @@ def test_stream_round_trip(tmp_path, pty_pair):
     assert len(replay) == 5 and replay.source == "keyboard" and replay.shaping == shaping
     for live in actions:
         again = replay.poll({})
-        np.testing.assert_array_equal(again.action, live.action)
+        np.testing.assert_array_equal(again.command, live.command)
         assert again.events == live.events
     assert replay.poll({}).events == (QUIT,)  # the stream is over
 

@@ -1,5 +1,6 @@
 """The recorder on robosuite's real Lift with a real store on disk: replay, the headless CLI,
-SIGKILL mid-episode, discard, append, intervention, and the errors users can cause."""
+SIGKILL mid-episode, discard, append, intervention, and the errors users can cause; and the
+keyboard through a pty driving the joint-space panda_lift."""
 
 import os
 import pty
@@ -18,6 +19,7 @@ from robopolicy.data.store import EpisodeStore
 from robopolicy.data.validate import validate_store
 from robopolicy.errors import StoreError
 from robopolicy.sim.core import make_env
+from robopolicy.sim.ik import ARM_SPEED, quat_error
 from robopolicy.teleop.device import (
     DISCARD,
     INTERVENE,
@@ -191,7 +193,7 @@ def test_intervention_flags_and_replan(tmp_path):
     want[5:12] = True  # taken over at tick 5, handed back at tick 12
     np.testing.assert_array_equal(ep["intervention"], want)
     operator = ReplayDevice(stream)
-    device_actions = np.stack([operator.poll({}).action for _ in range(20)])
+    device_actions = np.stack([operator.poll({}).command for _ in range(20)])
     np.testing.assert_array_equal(ep["action"][5:12], device_actions[5:12])
     # The model planned at step 0 and, replanning at the hand-back, at step 12: steps 12..19
     # are one fresh chunk, not the 3 actions left over from step 0's chunk.
@@ -270,3 +272,53 @@ def test_keyboard_keys_through_a_pty_become_recorded_actions(lift, tmp_path):
     want[1:, 0] = 1.0  # "w" twice: +x, held for three ticks after the last press
     want[:, 6] = [-1, -1, -1, 1, 1]  # space closed the gripper
     np.testing.assert_array_equal(action, want)
+
+
+# Key schedule for panda_lift: enter, then per segment a motion key typed on 8 ticks (the
+# terminal backend holds it 2 more) and 20 idle ticks to settle; then save and quit.
+SEGMENT = 28
+SEGMENT_KEYS = {b"r": (2, 1.0), b"w": (0, 1.0), b"d": (1, -1.0)}  # key: axis, sign (+z +x -y)
+# m between measured and commanded displacement (15 cm each); measured: 0.18 to 0.38 mm.
+KEYBOARD_TOLERANCE = 0.001
+
+
+def test_keyboard_drives_panda_lift_in_the_commanded_direction_and_replays(tmp_path):
+    """Each key moves panda_lift's hand (joint-space actions, through the IK mapping) by the
+    distance it commanded along its axis, the orientation held; the recorded key stream
+    replays to the same joint actions."""
+    env = make_env("panda_lift")
+    keys = [b"\r"]
+    for key in SEGMENT_KEYS:
+        keys += [key] * 8 + [b""] * (SEGMENT - 8)
+    keys += [b"", b"\r", b"q"]  # one more step (to observe the last segment's end), save, quit
+    master, slave = pty.openpty()
+    try:
+        device = StreamRecorder(KeyboardDevice(fd=slave, backend="terminal"), tmp_path / "k.npz")
+        with open_store(tmp_path / "kb.zarr", env, "panda_lift", "teleop:keyboard") as store:
+            summary = Recorder(env, device, store, task="panda_lift", rate=0,
+                               display=KeysPerTick(master, keys)).run()
+    finally:
+        os.close(master)
+        os.close(slave)
+    assert summary["saved_episodes"] == 1
+    with EpisodeStore.open(tmp_path / "kb.zarr") as store:
+        ep = store.get_episode(0)
+    assert len(ep["action"]) == 2 + SEGMENT * len(SEGMENT_KEYS)
+    # stream tick t is step t - 1 (tick 0 was idle: enter is read on tick 1)
+    stream = ReplayDevice(tmp_path / "k.npz")
+    commands = np.stack([Shaping()(stream.read({})) for _ in range(len(stream))])
+    step = ARM_SPEED / env.fps  # metres per tick at full deflection
+    pos, quat = ep["eef_pos"], ep["eef_quat"]
+    for k, (axis, sign) in enumerate(SEGMENT_KEYS.values()):
+        a, b = 1 + k * SEGMENT, 1 + (k + 1) * SEGMENT  # the segment's steps
+        commanded = commands[a + 1:b + 1, :3].sum(axis=0) * step
+        assert commanded[axis] == pytest.approx(sign * 10 * step)  # 8 presses + 2 held
+        measured = pos[b] - pos[a]
+        assert np.linalg.norm(measured - commanded) < KEYBOARD_TOLERANCE
+        assert quat_error(quat[b], quat[a]) < 0.005  # measured: below 0.7 mrad
+    replayed = tmp_path / "again.zarr"
+    with open_store(replayed, env, "panda_lift", "teleop:replay") as store:
+        Recorder(env, ReplayDevice(tmp_path / "k.npz"), store, task="panda_lift", rate=0).run()
+    with EpisodeStore.open(replayed) as store:
+        np.testing.assert_array_equal(store.load("action"), ep["action"])
+    env.close()
