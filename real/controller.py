@@ -119,9 +119,12 @@ class InferenceWorker:
     at a time."""
 
     def __init__(self, policy: Callable[[dict, float, Plan], np.ndarray], clock: Clock,
-                 threaded: bool = True, delay: float = 0.0):
+                 threaded: bool = True, delay: float = 0.0,
+                 pool: concurrent.futures.Executor | None = None):
+        """``pool`` runs the threaded decisions (default: one thread of its own; the ROS 2
+        node passes one that runs them in its executor's inference callback group)."""
         self.policy, self.clock, self.threaded, self.delay = policy, clock, threaded, delay
-        self.pool = concurrent.futures.ThreadPoolExecutor(1) if threaded else None
+        self.pool = (pool or concurrent.futures.ThreadPoolExecutor(1)) if threaded else None
         self.pending = None  # (future or result, obs_time, submitted)
         self.latencies = collections.deque(maxlen=20)
 
@@ -298,11 +301,12 @@ class Controller:
                  safety: SafetyFilter, clock: Clock = time.monotonic,
                  joint_key: str = "joint_pos", max_obs_age: float = 0.1,
                  threaded: bool = True, delay: float = 0.0, latency_matching: bool = True,
-                 ensemble: float | None = None, n_action_steps: int | None = None):
+                 ensemble: float | None = None, n_action_steps: int | None = None,
+                 pool: concurrent.futures.Executor | None = None):
         self.clock, self.safety, self.joint_key = clock, safety, joint_key
         self.command_period, self.max_obs_age = command_period, max_obs_age
         self.obs = ObservationBuffer(obs_keys, n_obs_steps, period)
-        self.worker = InferenceWorker(policy, clock, threaded=threaded, delay=delay)
+        self.worker = InferenceWorker(policy, clock, threaded=threaded, delay=delay, pool=pool)
         self.schedule = ChunkScheduler(period, latency_matching, ensemble, n_action_steps)
         self.stats = collections.Counter()
 

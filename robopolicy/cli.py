@@ -20,6 +20,7 @@ VERBS = {
     "eval": "robopolicy.evaluate_cli",
     "finetune": "robopolicy.rl.loop",
     "teleop": "robopolicy.teleop.cli",
+    "deploy": "robopolicy.real.deploy",
     "bench": "robopolicy.bench",
     "quickstart": "robopolicy.quickstart",
 }

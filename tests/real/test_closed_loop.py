@@ -3,24 +3,11 @@
 import pytest
 
 from robopolicy.real.closed_loop import closed_loop
-from robopolicy.sim.collect import collect
-from robopolicy.train import TrainConfig, train
 
 
-@pytest.fixture(scope="module")
-def flow_policy(tmp_path_factory):
-    """A small flow policy trained briefly on 5 panda_lift demos: it moves like the expert
-    early in an episode, which is all the loop's timing needs."""
-    root = tmp_path_factory.mktemp("panda_lift")
-    collect("panda_lift", 5, root / "demos.zarr", progress=False)
-    summary = train(TrainConfig(
-        data=str(root / "demos.zarr"), out=str(root / "flow"), family="flow",
-        model={"horizon": 8, "n_obs_steps": 2, "n_action_steps": 4, "backbone": "mlp",
-               "num_inference_steps": 4,
-               "backbone_kwargs": {"hidden_dim": 64, "n_layers": 2}},
-        steps=100, batch_size=64, lr=1e-3, warmup_steps=10, val_every=1000,
-        checkpoint_every=1000, tensorboard=False), progress=False)
-    return summary["checkpoint"]
+@pytest.fixture
+def flow_policy(small_flow_policy):
+    return small_flow_policy
 
 
 @pytest.mark.slow

@@ -1,0 +1,272 @@
+"""The controller node over real DDS (rclpy from the PyPI wheels, Fast DDS): its lifecycle,
+services, input checks and diagnostics, driven by a peer node in a context of its own (a
+separate DDS participant), and `robopolicy deploy` against the simulated robot in a child
+process."""
+
+import contextlib
+import os
+import threading
+import time
+
+import numpy as np
+import pytest
+
+# one DDS domain per test process, on this machine only: no cross-talk between test runs
+os.environ["ROS_DOMAIN_ID"] = str(1 + os.getpid() % 100)
+os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+
+import rclpy  # noqa: E402  (`make test` installs the wheels: these run in CI, never skip)
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus  # noqa: E402
+from geometry_msgs.msg import PoseStamped  # noqa: E402
+from lifecycle_msgs.msg import Transition  # noqa: E402
+from lifecycle_msgs.srv import ChangeState  # noqa: E402
+from rclpy.executors import MultiThreadedExecutor  # noqa: E402
+from rclpy.node import Node  # noqa: E402
+from sensor_msgs.msg import JointState  # noqa: E402
+from std_msgs.msg import Float64MultiArray  # noqa: E402
+from std_srvs.srv import Trigger  # noqa: E402
+
+from robopolicy.real import ros_io  # noqa: E402
+from robopolicy.real.deploy import deploy  # noqa: E402
+from robopolicy.real.robot_config import load_robot_config  # noqa: E402
+from robopolicy.real.ros_node import ControllerNode  # noqa: E402
+
+pytestmark = pytest.mark.ros
+ROBOT = load_robot_config("panda_sim")
+HOME = np.asarray(ROBOT.robot_spec().home)
+COMMANDS = ROBOT.command.topic
+
+
+@pytest.fixture(scope="module")
+def checkpoint(small_flow_policy):
+    """The session's small flow policy (tests/real/conftest.py); the node's decisions run on
+    one torch thread, as deploy runs them beside the executor's other threads."""
+    import torch
+
+    torch.set_num_threads(1)
+    return small_flow_policy
+
+
+@contextlib.contextmanager
+def spinning(make_node):
+    """``make_node(context)`` in a fresh context (its own DDS participant), spun by a
+    MultiThreadedExecutor in a background thread."""
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    node = make_node(context)
+    executor = MultiThreadedExecutor(num_threads=3, context=context)
+    executor.add_node(node)
+    thread = threading.Thread(target=executor.spin, daemon=True)
+    thread.start()
+    try:
+        yield node
+    finally:
+        executor.shutdown(timeout_sec=2.0)
+        node.destroy_node()
+        rclpy.try_shutdown(context=context)
+        thread.join(timeout=2.0)
+
+
+def wait_for(predicate, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+class Peer(Node):
+    """A fake robot on the wire: joint states and poses at 50 Hz in a chosen ``mode``; it
+    records every command and diagnostics message, and calls the node's services."""
+
+    def __init__(self, context, node_name: str):
+        super().__init__("peer", context=context)
+        self.mode = "good"
+        qos = ros_io.qos("reliable", 10)
+        self.joint_pub = self.create_publisher(JointState, "/joint_states", qos)
+        self.poses = [self.create_publisher(PoseStamped, t, qos)
+                      for t in ("/ee_pose", "/object_pose")]
+        self.commands: list[tuple[float, np.ndarray]] = []
+        self.diagnostics: list[DiagnosticArray] = []
+        self.create_subscription(Float64MultiArray, COMMANDS, lambda m: self.commands.append(
+            (time.monotonic(), np.asarray(m.data))), ros_io.command_qos(ROBOT.qos))
+        self.create_subscription(DiagnosticArray, "/diagnostics", self.diagnostics.append, 10)
+        self.clients_ = {s: self.create_client(Trigger, f"/{node_name}/{s}")
+                         for s in ("start", "stop", "estop", "rearm", "reset_episode")}
+        self.lifecycle = self.create_client(ChangeState, f"/{node_name}/change_state")
+        self.create_timer(0.02, self._publish)
+
+    def _publish(self) -> None:
+        if self.mode == "none":
+            return
+        stamp = self.get_clock().now()
+        names = [*ROBOT.joints, "finger_joint1", "finger_joint2"]
+        position = [*HOME, 0.04, -0.04]
+        if self.mode == "nan":
+            position[2] = float("nan")
+        elif self.mode == "missing":
+            names, position = names[:2] + names[3:], position[:2] + position[3:]
+        elif self.mode == "short":
+            position = position[:-1]
+        elif self.mode == "future":
+            stamp = stamp + rclpy.duration.Duration(seconds=1.0)
+        elif self.mode == "shuffled":
+            names, position = names[::-1], position[::-1]
+        msg = JointState(name=names, position=position, velocity=[0.0] * len(names))
+        msg.header.stamp = stamp.to_msg()
+        self.joint_pub.publish(msg)
+        for pub, pos in zip(self.poses, ([0.0, 0.0, 1.0], [0.05, 0.02, 0.82]), strict=True):
+            pub.publish(ros_io.pose_msg(np.array(pos), np.array([0.0, 1.0, 0.0, 0.0]),
+                                        stamp.to_msg(), "world"))
+
+    def call(self, client, request, timeout: float = 30.0):
+        assert client.wait_for_service(timeout_sec=10.0), client.srv_name
+        future = client.call_async(request)
+        assert wait_for(future.done, timeout), f"{client.srv_name} did not answer"
+        return future.result()
+
+    def trigger(self, service: str):
+        return self.call(self.clients_[service], Trigger.Request())
+
+    def transition(self, transition_id: int) -> bool:
+        request = ChangeState.Request(transition=Transition(id=transition_id))
+        return self.call(self.lifecycle, request).success
+
+    def commands_since(self, t: float) -> list[np.ndarray]:
+        return [c for s, c in list(self.commands) if s >= t]
+
+    def latest_status(self) -> dict[str, str]:
+        status = self.diagnostics[-1].status[0]
+        return {kv.key: kv.value for kv in status.values} | {"message": status.message,
+                                                              "level": status.level}
+
+
+@pytest.fixture
+def wire(checkpoint, request):
+    """(peer, node): the controller node (unconfigured) and a fake robot, over DDS. Each test
+    names its node anew: the last test's servers may linger in discovery for a while, and a
+    request matched only to them would be lost."""
+    name = f"controller_{request.node.name[5:40]}"
+    with spinning(lambda ctx: Peer(ctx, name)) as peer, spinning(
+            lambda ctx: ControllerNode(checkpoint, ROBOT, name=name, context=ctx)) as node:
+        yield peer, node
+
+
+def activate(peer: Peer) -> None:
+    assert peer.transition(Transition.TRANSITION_CONFIGURE)
+    assert peer.transition(Transition.TRANSITION_ACTIVATE)
+
+
+def test_lifecycle_and_services_over_dds(wire):
+    peer, node = wire
+    assert peer.trigger("start").success is False  # nothing to start before activation
+    activate(peer)
+    assert wait_for(lambda: len(peer.commands) >= 20), "no commands after activate"
+    arm = np.stack([c for _, c in peer.commands])  # (n, dof)
+    spec = ROBOT.robot_spec()
+    assert arm.shape[1] == spec.dof and np.isfinite(arm).all()
+    assert (arm >= spec.lower).all() and (arm <= spec.upper).all()
+    # every command within max_step of the measured (home) pose, plus the few mrad the
+    # acceleration limit needs to brake at it: the filter bounds them
+    assert np.abs(arm - HOME).max() <= ROBOT.safety_config().max_step + 0.01
+
+    # e-stop: one hold at most, then nothing until rearm, whatever the policy wants
+    assert peer.trigger("estop").success
+    t = time.monotonic()
+    time.sleep(0.6)
+    held = peer.commands_since(t + 0.1)  # after the one hold has gone out
+    assert held == [], f"{len(held)} commands while e-stopped"
+    assert peer.trigger("start").success is False  # e-stop outranks start
+    assert wait_for(lambda: peer.diagnostics and peer.latest_status()["message"]
+                    == "e-stopped", 3.0)
+    assert peer.trigger("rearm").success
+    t = time.monotonic()
+    assert wait_for(lambda: len(peer.commands_since(t)) >= 10, 5.0), "no commands after rearm"
+
+    # stop holds and stops; start resumes; reset_episode keeps commanding
+    assert peer.trigger("stop").success
+    t = time.monotonic()
+    time.sleep(0.4)
+    assert len(peer.commands_since(t + 0.1)) == 0
+    assert peer.trigger("start").success
+    assert peer.trigger("reset_episode").success
+    t = time.monotonic()
+    assert wait_for(lambda: len(peer.commands_since(t)) >= 10, 5.0)
+
+    # deactivate: commanding stops; cleanup frees the engine
+    assert peer.transition(Transition.TRANSITION_DEACTIVATE)
+    t = time.monotonic()
+    time.sleep(0.4)
+    assert len(peer.commands_since(t + 0.1)) == 0
+    assert peer.transition(Transition.TRANSITION_CLEANUP)
+    assert node.engine is None and node.controller is None
+
+
+def test_malformed_joint_states_never_produce_a_command(wire):
+    peer, node = wire
+    peer.mode = "nan"
+    activate(peer)
+    for mode in ("nan", "missing", "short", "future"):
+        peer.mode = mode
+        time.sleep(0.5)
+    assert peer.commands == [], f"{len(peer.commands)} commands from malformed joint states"
+    assert {"non_finite", "missing_joint", "length_mismatch", "future_stamp"} <= set(
+        node.malformed), node.malformed
+    assert wait_for(lambda: peer.diagnostics and "malformed.future_stamp"
+                    in peer.latest_status(), 3.0)
+    assert peer.latest_status()["message"].startswith("holding: stale or missing")
+    # the right joints in another order are fine: reordered by name
+    peer.mode = "shuffled"
+    assert wait_for(lambda: len(peer.commands) >= 10, 5.0)
+    arm = np.stack([c for _, c in peer.commands])
+    assert np.abs(arm - HOME).max() <= ROBOT.safety_config().max_step + 0.01
+
+
+def test_configure_fails_on_a_joint_missing_from_joint_states(wire):
+    peer, node = wire
+    peer.mode = "missing"
+    assert wait_for(lambda: peer.count_publishers("/joint_states") > 0)
+    assert not peer.transition(Transition.TRANSITION_CONFIGURE)
+    assert "joints ['joint3'] are not on /joint_states" in node.error
+    assert node.engine is None  # freed again
+    peer.mode = "good"
+    assert peer.transition(Transition.TRANSITION_CONFIGURE)  # and it recovers
+
+
+def test_diagnostics_report_latency_age_interventions_and_device(wire):
+    peer, node = wire
+    activate(peer)
+    assert wait_for(lambda: node.controller.stats["decisions"] >= 10, 10.0)
+    peer.diagnostics.clear()
+    assert wait_for(lambda: len(peer.diagnostics) >= 1, 3.0)
+    status = peer.latest_status()
+    assert status["engine_device"] == "cpu" and status["inpaint"] == "True"
+    p50, p99 = float(status["decision_latency_ms_p50"]), float(status["decision_latency_ms_p99"])
+    assert 0 < p50 <= p99 < 1000
+    # observations are 50 Hz: the newest is a few ms old, not seconds
+    assert 0 <= float(status["observation_age_ms_max"]) < 250
+    assert status["level"] == DiagnosticStatus.OK and status["message"] == "commanding"
+    assert int(status["commands_sent"]) > 0
+
+
+@pytest.mark.slow
+def test_deploy_runs_episodes_against_the_simulated_robot_over_dds(checkpoint):
+    """The whole loop over the wire: `robopolicy deploy --sim panda_lift`, the simulated
+    robot in a child process, two short episodes."""
+    steps = 40
+    summary = deploy(checkpoint, "panda_sim", sim="panda_lift", episodes=2,
+                     max_episode_steps=steps, backend="eager")
+    results = summary["results"]
+    assert [r["episode"] for r in results] == [0, 1]
+    assert all(1 <= r["length"] <= steps for r in results)
+    node = summary["node"]
+    ran = sum(r["length"] for r in results)
+    # a decision every Ta = 4 policy steps or sooner, all of them over DDS
+    assert int(node["decisions"]) >= ran / 4 - 2
+    # commands at 50 Hz while the sim steps at 20 Hz: about 2.5 per step
+    assert int(node["commands_sent"]) >= 2 * ran
+    assert float(node["decision_latency_ms_p99"]) < 500
+    assert "malformed.refused_command" not in node  # nothing the last check had to stop
+    # the sim steps in real time: 20 Hz
+    assert summary["seconds"] >= ran / 20 * 0.9
