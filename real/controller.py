@@ -84,7 +84,9 @@ class ObservationBuffer:
             # the sample nearest each slot among those up to the window's time: a loop that
             # stamps its samples a little late must not fall back a whole period, and a
             # faster sensor gives the sample at the slot itself
-            usable = int(np.searchsorted(stamps, at + 1e-6, side="right"))
+            # at least the oldest: a stream whose first sample is newer than the window time
+            # (a camera stamped after the joint states) pads with it, as the start does
+            usable = max(1, int(np.searchsorted(stamps, at + 1e-6, side="right")))
             index = np.abs(stamps[:usable, None] - slots[None]).argmin(axis=0)  # (To,)
             out[key] = np.stack([self.samples[key][i][1] for i in index])
         return out

@@ -1,6 +1,7 @@
 """Every training config in configs/ loads, builds its model and samples a chunk.
 
-Fine-tuning configs (``finetune_*.yaml``) are checked in tests/rl/test_finetune.py."""
+Fine-tuning configs (``finetune_*.yaml``) are checked in tests/rl/test_finetune.py, robot
+configs (``configs/robots``) in tests/real/test_ros_package.py."""
 
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from robopolicy.policies import MODELS
 from robopolicy.train import load_config
 
 CONFIGS = sorted(p for p in (Path(__file__).parents[1] / "configs").rglob("*.yaml")
-                 if not p.name.startswith("finetune_"))
+                 if not p.name.startswith("finetune_") and p.parent.name != "robots")
 ROBOSUITE_ARM = {"robot0_eef_pos": 3, "robot0_eef_quat": 4, "robot0_gripper_qpos": 2}
 # Low-dim observation widths and the action width of each task the configs evaluate on.
 TASK_SHAPES = {
