@@ -25,7 +25,8 @@ def add_parser(subparsers) -> None:
     p = subparsers.add_parser("deploy", help="run a checkpoint on a robot through ROS 2")
     p.add_argument("checkpoint", help="checkpoint directory (config.json + model.safetensors)")
     p.add_argument("--robot", required=True,
-                   help="robot config YAML, or a bundled one: panda_sim, panda_real, ur5e_real")
+                   help="robot config YAML, or a bundled one: panda_sim, panda_sim_cameras, "
+                   "panda_real, ur5e_real")
     p.add_argument("--sim", metavar="TASK", help="also run the simulated robot on this native "
                    "arm task (e.g. panda_lift) in a child process")
     p.add_argument("--episodes", type=int, default=10, help="--sim: episodes to run")
@@ -91,11 +92,26 @@ class Deployment:
         self.thread.join(timeout=2.0)
 
 
+def checkpoint_image_size(checkpoint: str) -> int | None:
+    """The height of the checkpoint's camera images (what the simulated robot renders), or
+    None for a low-dim policy. The simulated cameras are square: a policy of non-square
+    images needs ``resize`` in the robot config."""
+    try:
+        config = json.loads((Path(checkpoint) / "config.json").read_text())
+        shapes = [config["shapes"][k] for k in config.get("image_keys") or []]
+        return int(shapes[0][0]) if shapes else None
+    except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError):
+        return None  # a broken checkpoint: the node's configure names what is wrong
+
+
 def start_sim(task: str, robot_path: str, episodes: int, seed: int,
-              max_episode_steps: int | None, reset_service: str) -> subprocess.Popen:
+              max_episode_steps: int | None, reset_service: str,
+              image_size: int | None = None) -> subprocess.Popen:
     command = [sys.executable, "-m", "robopolicy.real.sim_robot", "--task", task,
                "--robot", robot_path, "--episodes", str(episodes), "--seed", str(seed),
                "--reset-service", reset_service]
+    if image_size:
+        command += ["--image-size", str(image_size)]
     if max_episode_steps:
         command += ["--max-episode-steps", str(max_episode_steps)]
     return subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
@@ -131,7 +147,8 @@ def deploy(checkpoint: str, robot: str, sim: str | None = None, episodes: int = 
     try:
         if sim:
             reset = f"/{deployment.node.get_name()}/reset_episode"
-            child = start_sim(sim, robot, episodes, seed, max_episode_steps, reset)
+            child = start_sim(sim, robot, episodes, seed, max_episode_steps, reset,
+                              checkpoint_image_size(checkpoint))
         if autostart:
             deployment.start()
         if not sim:

@@ -16,9 +16,11 @@ A config (``configs/robots/*.yaml``)::
     command:
       type: position                    # position: Float64MultiArray, trajectory: JointTrajectory
       topic: /forward_position_controller/commands
+      lookahead: 0.15                   # trajectory: seconds of the chunk each message carries
     observations:                       # any other observation key -> topic
       object_pos: {topic: /object_pose, type: pose, field: position}
       object_quat: {topic: /object_pose, type: pose, field: orientation}
+      agentview_image: {topic: /camera/image_raw, type: image}   # sensor_msgs/Image
     qos: {sensor_depth: 5, command_depth: 10}
     rates: {policy_hz: 20, command_hz: 50, diagnostics_hz: 1}
     max_obs_age: 0.25
@@ -45,8 +47,10 @@ from robopolicy.sim.robot import GripperSpec, RobotSpec, load_robot
 CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs" / "robots"
 COMMAND_TYPES = ("position", "trajectory")
 # What an observation topic carries: a pose (geometry_msgs/PoseStamped: position (3) or
-# orientation (4, w x y z, as the simulator's keys)), or a vector (std_msgs/Float64MultiArray).
-OBS_TYPES = {"pose": ("position", "orientation"), "array": ("data",)}
+# orientation (4, w x y z, as the simulator's keys)), a vector (std_msgs/Float64MultiArray), or
+# a camera image (sensor_msgs/Image, for the model's image keys: (H, W, 3) uint8 RGB). The
+# first field of each is the default.
+OBS_TYPES = {"pose": ("position", "orientation"), "array": ("data",), "image": ("image",)}
 RELIABILITY = ("best_effort", "reliable")
 # The keys /joint_states gives: arm positions and velocities, and the gripper opening
 JOINT_KEYS = ("joint_pos", "joint_vel", "gripper_pos")
@@ -65,17 +69,24 @@ class GripperConfig:
 class CommandConfig:
     type: str = "position"
     topic: str = "/forward_position_controller/commands"
+    # trajectory only: how far ahead (s) each JointTrajectory carries the current chunk (the
+    # filtered command, then the planned actions, each within the limits from the one before).
+    # It is how far the arm may still move if the node stops mid-chunk; None: 3 policy periods
+    lookahead: float | None = None
 
 
 @dataclass
 class ObsTopic:
     topic: str
     type: str = "pose"
-    field: str = "position"
+    field: str = ""  # '' : the type's first field (position, data, image)
     # orientation only: the sign of q is chosen nearest this quaternion (w x y z), as the
     # simulator's observations do (q and -q are one rotation; a tracker may send either)
     quat_reference: list[float] | None = None
     size: int | None = None  # array only: the expected length (None: the model's shape)
+    # image only: frames of another height/width are resized (cv2, area interpolation) to the
+    # model's; false (default): such a frame is malformed (image_size) and never observed
+    resize: bool = False
 
 
 @dataclass
@@ -111,6 +122,11 @@ class RobotConfig:
     @property
     def gripper_topic(self) -> str:
         return self.gripper.joint_states or self.joint_states
+
+    @property
+    def lookahead(self) -> float:
+        """Seconds of the chunk a trajectory command carries."""
+        return self.command.lookahead or 3.0 / self.rates.policy_hz
 
     def provided_keys(self) -> list[str]:
         """Every observation key this robot provides."""
@@ -148,9 +164,15 @@ class RobotConfig:
                               f"{COMMAND_TYPES}")
         self._check_observations()
         self._check_rates()
+        if self.command.type == "trajectory" and (
+                self.lookahead < 1.0 / self.rates.policy_hz + 1.0 / self.rates.command_hz):
+            raise ConfigError(f"{where}: command.lookahead={self.lookahead} s must cover one "
+                              "policy period and one command period (a trajectory is sent "
+                              "every policy period)")
         self.safety_config().check(robot)
 
     def _check_observations(self) -> None:
+        types: dict[str, str] = {}
         for key, source in self.observations.items():
             at = f"{self.where}: observations.{key}"
             if key in JOINT_KEYS:
@@ -158,6 +180,12 @@ class RobotConfig:
             if source.type not in OBS_TYPES:
                 raise ConfigError(f"{at}: type '{source.type}' is not one of "
                                   f"{sorted(OBS_TYPES)}")
+            if types.setdefault(source.topic, source.type) != source.type:
+                raise ConfigError(f"{at}: topic {source.topic} carries a "
+                                  f"{types[source.topic]} for another key, not a {source.type}")
+            source.field = source.field or OBS_TYPES[source.type][0]
+            if source.resize and source.type != "image":
+                raise ConfigError(f"{at}: resize applies to images only")
             if source.field not in OBS_TYPES[source.type]:
                 raise ConfigError(f"{at}: field '{source.field}' of a {source.type} is not one "
                                   f"of {OBS_TYPES[source.type]}")
@@ -183,9 +211,10 @@ class RobotConfig:
             raise ConfigError(f"{self.where}: qos depths must be >= 1")
 
     def check_model(self, obs_keys: list[str], shapes: dict[str, list[int]],
-                    action_dim: int, dof: int) -> None:
-        """The robot gives every observation key the model conditions on, in its shape, and
-        the model's actions are this arm's joint targets and a gripper opening."""
+                    action_dim: int, dof: int, image_keys: list[str] = ()) -> None:
+        """The robot gives every observation key the model conditions on, in its shape (the
+        model's image keys from image topics), and the model's actions are this arm's joint
+        targets and a gripper opening."""
         missing = [k for k in obs_keys if k not in self.provided_keys()]
         if missing:
             raise ConfigError(f"{self.where}: the checkpoint needs observation key(s) "
@@ -194,6 +223,19 @@ class RobotConfig:
         sizes = {"joint_pos": dof, "joint_vel": dof, "gripper_pos": 1}
         for key in obs_keys:
             source = self.observations.get(key)
+            is_image = source is not None and source.type == "image"
+            if (key in image_keys) != is_image:
+                raise ConfigError(
+                    f"{self.where}: observations.{key}: " + (
+                        "the checkpoint takes it as a camera image (H, W, 3): map it with "
+                        "type: image" if key in image_keys else
+                        f"type image, but the checkpoint takes it as a vector {shapes[key]}"))
+            if is_image:
+                if len(shapes[key]) != 3 or shapes[key][2] != 3:
+                    raise ConfigError(f"{self.where}: observation '{key}' has shape "
+                                      f"{shapes[key]} in the checkpoint; an image topic gives "
+                                      "(H, W, 3) RGB")
+                continue
             expected = sizes.get(key) or (
                 (3 if source.field == "position" else 4) if source.type == "pose"
                 else source.size)
@@ -224,8 +266,8 @@ def _section(cls: type, values: dict, key: str, where: str):
 
 
 def load_robot_config(path: str | Path) -> RobotConfig:
-    """A robot config file (or a bundled name: ``panda_sim``, ``panda_real``, ``ur5e_real``),
-    checked against its robot table."""
+    """A robot config file (or a bundled name: ``panda_sim``, ``panda_sim_cameras``,
+    ``panda_real``, ``ur5e_real``), checked against its robot table."""
     path = Path(path)
     if path.suffix not in (".yaml", ".yml") and not path.exists():
         bundled = CONFIGS_DIR / f"{path}.yaml"

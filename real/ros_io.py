@@ -1,6 +1,14 @@
 """Messages to arrays and back, for the ROS 2 node and the simulated robot: every check a
 message from the wire must pass before its values reach the controller. A message that fails
 one raises :class:`Malformed` with a short reason (counted by reason on /diagnostics).
+
+Images (``sensor_msgs/Image``) are decoded without cv_bridge: the rows of ``data`` (``step``
+bytes each, padding dropped) as (H, W, C) uint8. ``rgb8`` and ``rgba8`` are taken as they are,
+``bgr8`` and ``bgra8`` converted to RGB (alpha dropped); every other encoding is malformed
+(``image_encoding``), mono8 included: a colour model fed a grey frame sees an input it never
+trained on, so a camera publishing the wrong format is reported, not papered over. A frame of
+another height/width than the model's is malformed (``image_size``) unless the robot config
+asks for ``resize`` (cv2, area interpolation).
 """
 
 from __future__ import annotations
@@ -9,7 +17,7 @@ import numpy as np
 from builtin_interfaces.msg import Duration
 from geometry_msgs.msg import PoseStamped
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
-from sensor_msgs.msg import JointState
+from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Float64MultiArray
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
@@ -97,6 +105,46 @@ def array_values(msg: Float64MultiArray, size: int | None) -> dict[str, np.ndarr
     return {"data": data}
 
 
+# encoding -> (channels, BGR order): the colour encodings an image topic may carry
+IMAGE_ENCODINGS = {"rgb8": (3, False), "bgr8": (3, True), "rgba8": (4, False),
+                   "bgra8": (4, True)}
+
+
+def image_array(msg: Image, shape: tuple[int, ...], resize: bool = False) -> np.ndarray:
+    """The frame as (H, W, 3) uint8 RGB in the model's ``shape``; Malformed: an encoding that
+    is not a colour one (``image_encoding``), a ``step``/``data`` that disagree with the size
+    (``image_layout``), another size without ``resize`` (``image_size``)."""
+    if msg.encoding not in IMAGE_ENCODINGS:
+        raise Malformed("image_encoding")
+    channels, bgr = IMAGE_ENCODINGS[msg.encoding]
+    height, width, step = msg.height, msg.width, msg.step
+    if not height or not width or step < width * channels or len(msg.data) != step * height:
+        raise Malformed("image_layout")
+    rows = np.frombuffer(msg.data, dtype=np.uint8).reshape(height, step)  # (H, step)
+    image = rows[:, :width * channels].reshape(height, width, channels)  # (H, W, C)
+    image = image[..., 2::-1] if bgr else image[..., :3]  # (H, W, 3) RGB
+    if (height, width) != tuple(shape[:2]):
+        if not resize:
+            raise Malformed("image_size")
+        import cv2  # only for a config that asks for resizing
+
+        image = cv2.resize(np.ascontiguousarray(image), (shape[1], shape[0]),
+                           interpolation=cv2.INTER_AREA)  # (H', W', 3)
+    return np.ascontiguousarray(image)
+
+
+def image_msg(image: np.ndarray, stamp, frame: str, encoding: str = "rgb8") -> Image:
+    """An (H, W, C) uint8 array as a sensor_msgs/Image of ``encoding`` (its channels already
+    in that order), rows unpadded."""
+    image = np.ascontiguousarray(image, dtype=np.uint8)
+    height, width = image.shape[:2]
+    msg = Image(height=height, width=width, encoding=encoding, is_bigendian=0,
+                step=image.strides[0])
+    msg.header.stamp, msg.header.frame_id = stamp, frame
+    msg.data = image.tobytes()
+    return msg
+
+
 def pose_msg(position: np.ndarray, quat_wxyz: np.ndarray, stamp, frame: str) -> PoseStamped:
     msg = PoseStamped()
     msg.header.stamp, msg.header.frame_id = stamp, frame
@@ -120,22 +168,32 @@ def array_msg(values: np.ndarray) -> Float64MultiArray:
     return Float64MultiArray(data=[float(v) for v in values])
 
 
-def trajectory_msg(names: list[str], positions: np.ndarray, after: float) -> JointTrajectory:
-    """One timed point ``after`` seconds from its arrival (stamp zero: start on receipt), so
-    the trajectory controller interpolates to it over the command period."""
-    seconds = int(after)
-    point = JointTrajectoryPoint(
-        positions=[float(v) for v in positions],
-        time_from_start=Duration(sec=seconds, nanosec=int(round((after - seconds) * 1e9))))
-    return JointTrajectory(joint_names=list(names), points=[point])
+def duration(seconds: float) -> Duration:
+    whole = int(seconds)
+    return Duration(sec=whole, nanosec=int(round((seconds - whole) * 1e9)))
 
 
-def trajectory_positions(msg: JointTrajectory, names: list[str]) -> np.ndarray:
-    """The first point of a trajectory, in ``names`` order."""
+def trajectory_msg(names: list[str], positions: np.ndarray, times: np.ndarray
+                   ) -> JointTrajectory:
+    """Timed points (positions (n, dof), ``times`` (n,) seconds from arrival: the stamp is
+    zero, so the trajectory controller starts it on receipt and interpolates between them)."""
+    points = [JointTrajectoryPoint(positions=[float(v) for v in p], time_from_start=duration(t))
+              for p, t in zip(np.atleast_2d(positions), np.atleast_1d(times), strict=True)]
+    return JointTrajectory(joint_names=list(names), points=points)
+
+
+def trajectory_points(msg: JointTrajectory, names: list[str]
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """(times (n,), positions (n, dof) in ``names`` order) of a trajectory: at least one
+    point, every one finite and complete, times from 0 on and strictly increasing."""
     if not msg.points:
         raise Malformed("empty_trajectory")
-    reader = JointStateReader(names)
-    point = msg.points[0]
-    if len(point.positions) != len(msg.joint_names):
+    index = JointStateReader(names).order(list(msg.joint_names))
+    n = len(msg.joint_names)
+    if any(len(p.positions) != n for p in msg.points):
         raise Malformed("length_mismatch")
-    return finite(np.asarray(point.positions)[reader.order(list(msg.joint_names))])
+    times = finite([stamp_seconds(p.time_from_start) for p in msg.points])
+    if times[0] < 0 or (np.diff(times) <= 0).any():
+        raise Malformed("bad_point_times")
+    positions = finite([np.asarray(p.positions)[index] for p in msg.points])
+    return times, positions.reshape(len(times), len(names))

@@ -14,6 +14,13 @@ run as a guard-condition callback in the *inference* group, so a MultiThreadedEx
 commanding while the policy thinks. Every message is checked (:mod:`~robopolicy.real.ros_io`)
 before it reaches the controller; every command leaves through the safety filter, and a last
 check refuses anything non-finite or outside the limits.
+
+Commands: with ``command.type: position`` the filtered command goes out every command period.
+With ``trajectory`` a ``JointTrajectory`` goes out every policy period (a hold at once): its
+first point is the filtered command, one command period ahead, then the chunk's planned
+actions up to ``command.lookahead`` seconds ahead, at their own times, each passed through the
+filter's limits from the point before (:meth:`SafetyFilter.preview`), so the robot's
+joint_trajectory_controller interpolates the chunk instead of a stream of single targets.
 """
 
 from __future__ import annotations
@@ -21,21 +28,19 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import threading
-import time
 
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from geometry_msgs.msg import PoseStamped
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
-from sensor_msgs.msg import JointState
 from std_msgs.msg import Float64MultiArray
 from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory
 
-from robopolicy.errors import ConfigError, RobopolicyError
+from robopolicy.errors import RobopolicyError
 from robopolicy.real import ros_io
-from robopolicy.real.robot_config import RobotConfig, canonical_sign
+from robopolicy.real.robot_config import RobotConfig
+from robopolicy.real.robot_inputs import RobotInputs
 
 NODE_NAME = "robopolicy_controller"
 SERVICES = ("start", "stop", "estop", "rearm", "reset_episode")
@@ -87,16 +92,13 @@ class ControllerNode(LifecycleNode):
         self.control_group = MutuallyExclusiveCallbackGroup()
         self.inference_group = MutuallyExclusiveCallbackGroup()
         self.spec = robot.robot_spec()
-        self.gripper = robot.gripper_spec(self.spec)
-        self.arm_reader = ros_io.JointStateReader(robot.joints)
-        self.gripper_reader = ros_io.JointStateReader(self.gripper.joints)
         self.malformed: collections.Counter[str] = collections.Counter()
         self.latencies: collections.deque = collections.deque(maxlen=1000)  # s
         self.engine = self.controller = None
         self.error, self.fault = "", ""
         self.running = self.rearm_pending = False
         self.reset_time, self.sent, self.seen_decisions = 0.0, 0, 0
-        self.last_names: list[str] | None = None  # joint names of the latest /joint_states
+        self.next_trajectory = -np.inf  # trajectory commands: when the next one is due
         self.lock = threading.Lock()  # transitions (any thread) vs. control callbacks
         self.entities: list = []  # what configure creates and cleanup destroys
         self.diagnostics = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
@@ -155,15 +157,16 @@ class ControllerNode(LifecycleNode):
 
         model = load_model(self.checkpoint, self.options["device"] or "cpu")
         cfg, robot = model.config, self.robot
-        robot.check_model(model.obs_keys, cfg.shapes, model.action_dim, self.spec.dof)
-        self.obs_keys = list(model.obs_keys)
+        robot.check_model(model.obs_keys, cfg.shapes, model.action_dim, self.spec.dof,
+                          list(cfg.image_keys))
+        self.obs_keys, self.shapes = list(model.obs_keys), dict(cfg.shapes)
         self._create_io()
         inpaint = self.options["inpaint"] and cfg.family != "streaming"
         device = self.options["device"] or ("cuda" if torch.cuda.is_available() else "cpu")
         self.engine = InferenceEngine(model, device=device, backend=self.options["backend"],
                                       inpaint=inpaint, seed=self.options["seed"])
         self.engine.warm_up(1)
-        self._check_joint_names()
+        self.inputs.check_joint_names(JOINT_WAIT)
         period, command_period = 1.0 / robot.rates.policy_hz, 1.0 / robot.rates.command_hz
         safety = SafetyFilter(self.spec, command_period, robot.safety_config(), clock=self.now)
         keys = self.obs_keys + [k for k in ("joint_pos", "gripper_pos")
@@ -176,39 +179,11 @@ class ControllerNode(LifecycleNode):
         self.entities.append(self.create_timer(command_period, self._tick,
                                                callback_group=self.control_group))
 
-    def _check_joint_names(self) -> None:
-        """Missing joints on a /joint_states already published are a configure error."""
-        deadline = time.monotonic() + JOINT_WAIT
-        while self.last_names is None and time.monotonic() < deadline:
-            time.sleep(0.02)
-        if self.last_names is None:
-            return  # nothing published yet: the robot may come up later (a hold till then)
-        missing = self.arm_reader.missing(self.last_names)
-        if self.robot.gripper_topic == self.robot.joint_states and "gripper_pos" in self.obs_keys:
-            missing += self.gripper_reader.missing(self.last_names)
-        if missing:
-            raise ConfigError(f"{self.robot.where}: joints {missing} are not on "
-                              f"{self.robot.joint_states} (it publishes {self.last_names})")
-
     def _create_io(self) -> None:
-        robot, group = self.robot, self.control_group
-        sensor = ros_io.sensor_qos(robot.qos)
-        subs = [self.create_subscription(JointState, robot.joint_states, self._on_joint_state,
-                                         sensor, callback_group=group)]
-        if robot.gripper.joints and robot.gripper_topic != robot.joint_states:
-            subs.append(self.create_subscription(JointState, robot.gripper_topic,
-                                                 self._on_gripper_state, sensor,
-                                                 callback_group=group))
-        by_topic: dict[str, dict] = collections.defaultdict(dict)
-        for key in self.obs_keys:
-            if key in robot.observations:
-                by_topic[robot.observations[key].topic][key] = robot.observations[key]
-        for topic, keys in by_topic.items():
-            kind = next(iter(keys.values())).type
-            msg_type = PoseStamped if kind == "pose" else Float64MultiArray
-            subs.append(self.create_subscription(
-                msg_type, topic, lambda msg, t=topic, k=keys: self._on_topic(msg, t, k),
-                sensor, callback_group=group))
+        robot = self.robot
+        self.inputs = RobotInputs(self, robot, self.obs_keys, self.shapes, self._observe,
+                                  malformed=self.malformed, group=self.control_group)
+        subs = self.inputs.subscriptions
         command = ros_io.command_qos(robot.qos)
         msg_type = Float64MultiArray if robot.command.type == "position" else JointTrajectory
         self.command_pub = self.create_lifecycle_publisher(msg_type, robot.command.topic,
@@ -232,7 +207,6 @@ class ControllerNode(LifecycleNode):
         if self.controller is not None:
             self.controller.close()
         self.entities, self.controller, self.engine = [], None, None
-        self.last_names = None
         try:
             import torch
 
@@ -242,17 +216,6 @@ class ControllerNode(LifecycleNode):
             pass
 
     # ------------------------------------------------------------------ observations
-    def _stamp(self, header) -> float:
-        """The message's time on our clock; unstamped messages take their arrival time. A
-        stamp ahead of the clock is malformed (a sensor clock running ahead)."""
-        now = self.now()
-        stamp = ros_io.stamp_seconds(header.stamp)
-        if stamp == 0.0:
-            return now
-        if stamp > now + self.robot.max_future:
-            raise ros_io.Malformed("future_stamp")
-        return stamp
-
     def _observe(self, values: dict[str, np.ndarray], stamp: float) -> None:
         controller = self.controller  # one reference: cleanup may drop it meanwhile
         if controller is None or stamp < self.reset_time:
@@ -260,70 +223,33 @@ class ControllerNode(LifecycleNode):
         for key, value in values.items():
             controller.observe(key, value, stamp)
 
-    def _checked(self, topic: str, parse) -> None:
-        """Run ``parse()``; a Malformed message is counted and logged, never observed."""
-        try:
-            parse()
-        except ros_io.Malformed as exc:
-            self.malformed[str(exc)] += 1
-            self.get_logger().warning(f"dropped a malformed message on {topic}: {exc} "
-                                      f"({self.malformed[str(exc)]} so far)",
-                                      throttle_duration_sec=2.0)
-
-    def _on_joint_state(self, msg: JointState) -> None:
-        self.last_names = list(msg.name)
-
-        def parse():
-            stamp = self._stamp(msg.header)
-            position, velocity = self.arm_reader.read(msg, velocity="joint_vel" in self.obs_keys)
-            values = {"joint_pos": position}
-            if velocity is not None:
-                values["joint_vel"] = velocity
-            if self.robot.gripper.joints and self.robot.gripper_topic == self.robot.joint_states:
-                values |= self._gripper_values(msg)
-            self._observe(values, stamp)
-        self._checked(self.robot.joint_states, parse)
-
-    def _on_gripper_state(self, msg: JointState) -> None:
-        self._checked(self.robot.gripper_topic,
-                      lambda: self._observe(self._gripper_values(msg), self._stamp(msg.header)))
-
-    def _gripper_values(self, msg: JointState) -> dict[str, np.ndarray]:
-        position, _ = self.gripper_reader.read(msg, velocity=False)
-        return {"gripper_pos": np.array([self.gripper.opening(position)])}
-
-    def _on_topic(self, msg, topic: str, keys: dict) -> None:
-        def parse():
-            stamp = self._stamp(msg.header) if hasattr(msg, "header") else self.now()
-            size = next(iter(keys.values())).size
-            fields = (ros_io.pose_values(msg) if isinstance(msg, PoseStamped)
-                      else ros_io.array_values(msg, size))
-            values = {}
-            for key, source in keys.items():
-                value = fields[source.field]
-                if source.field == "orientation":
-                    value = canonical_sign(value, source.quat_reference)
-                values[key] = value
-            self._observe(values, stamp)
-        self._checked(topic, parse)
-
     # ------------------------------------------------------------------ commanding
     def _tick(self) -> None:
         if not self.running or self.controller is None or not self.lock.acquire(blocking=False):
             return
         try:
-            if self.rearm_pending and not self._rearm_from_measured():
-                return
+            points = self._tick_locked()
+        finally:
+            self.lock.release()
+        if points is not None:
+            self._publish(*points)
+
+    def _tick_locked(self) -> tuple | None:
+        """(command, (times, arm positions)) to publish this tick, or None."""
+        if self.rearm_pending and not self._rearm_from_measured():
+            return None
+        try:
             command = self.controller.tick()
+            hold = self.controller.safety.holding  # the filter's one hold
             self._track_latency()
         except Exception as exc:  # the policy raised in the inference group: hold, latched
             first = not self.controller.safety.estopped
             self._on_fault(exc)
-            command = self._hold_command() if first else None
-        finally:
-            self.lock.release()
-        if command is not None:
-            self._publish(command)
+            command, hold = (self._hold_command() if first else None), True
+        if command is None:
+            return None
+        points = self._points(command, hold)  # under the lock: it reads the plan
+        return None if points is None else (command, points)
 
     def _track_latency(self) -> None:
         decisions = self.controller.stats["decisions"]
@@ -362,19 +288,44 @@ class ControllerNode(LifecycleNode):
         arm = np.clip(latest[1], safety.limits.lower, safety.limits.upper)
         return np.append(arm, safety.gripper)
 
-    def _publish(self, command: np.ndarray) -> None:
+    def _points(self, command: np.ndarray, hold: bool
+                ) -> tuple[np.ndarray, np.ndarray] | None:
+        """(times (n,), arm positions (n, dof)) to send for ``command``: itself, one command
+        period ahead; for trajectory commands, with the chunk's next planned actions, once per
+        policy period (a hold at once, alone). None: nothing due this tick."""
+        dt = 1.0 / self.robot.rates.command_hz
+        arm = np.asarray(command[:self.spec.dof], dtype=float)
+        if self.robot.command.type == "position" or hold or self.controller is None:
+            self.next_trajectory = -np.inf  # after a hold the next trajectory goes at once
+            return np.array([dt]), arm[None]
+        now, period = self.now(), 1.0 / self.robot.rates.policy_hz
+        if now < self.next_trajectory - 0.5 * dt:  # due at the tick nearest each period
+            return None
+        self.next_trajectory = (self.next_trajectory if now - self.next_trajectory < period
+                                else now) + period
+        c = self.controller
+        measured = c.obs.latest("joint_pos")
+        if measured is None:
+            return np.array([dt]), arm[None]
+        schedule = c.schedule
+        return c.safety.preview(arm, measured[1], schedule.times - now, schedule.actions,
+                                self.robot.lookahead)
+
+    def _publish(self, command: np.ndarray, points: tuple[np.ndarray, np.ndarray] | None = None
+                 ) -> None:
         dof = self.spec.dof
-        arm = command[:dof]
+        times, arms = points if points is not None else (
+            np.array([1.0 / self.robot.rates.command_hz]), command[None, :dof])
         # the filter guarantees both; a command that breaks them is a bug, and never leaves
-        if command.shape != (dof + 1,) or not np.isfinite(command).all() or (
-                (arm < self.spec.lower).any() or (arm > self.spec.upper).any()):
+        if command.shape != (dof + 1,) or not np.isfinite(command).all() or not (
+                np.isfinite(arms).all() and np.isfinite(times).all()) or (
+                (arms < self.spec.lower).any() or (arms > self.spec.upper).any()):
             self.malformed["refused_command"] += 1
             return
         if self.robot.command.type == "position":
-            self.command_pub.publish(ros_io.array_msg(arm))
+            self.command_pub.publish(ros_io.array_msg(arms[0]))
         else:
-            self.command_pub.publish(ros_io.trajectory_msg(self.robot.joints, arm,
-                                                           1.0 / self.robot.rates.command_hz))
+            self.command_pub.publish(ros_io.trajectory_msg(self.robot.joints, arms, times))
         if self.gripper_pub is not None:
             self.gripper_pub.publish(ros_io.array_msg(command[dof:]))
         self.sent += 1

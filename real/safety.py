@@ -152,13 +152,19 @@ class SafetyFilter:
             self.interventions["gripper_range"] += 1
         self.gripper = float(np.clip(target[-1], 0.0, 1.0))
         arm = target[:dof]
-        if self.fk is not None:
-            low, high = np.asarray(self.config.workspace)
-            pos = self.fk(np.clip(arm, self.limits.lower, self.limits.upper))[0]
-            if (pos < low).any() or (pos > high).any():
-                self.interventions["workspace"] += 1
-                return self.command
+        if not self._in_workspace(arm):
+            self.interventions["workspace"] += 1
+            return self.command
         return arm
+
+    def _in_workspace(self, arm: np.ndarray) -> bool:
+        """Whether the end effector at joint positions ``arm`` is inside the workspace box
+        (always, without one)."""
+        if self.fk is None:
+            return True
+        low, high = np.asarray(self.config.workspace)
+        pos = self.fk(np.clip(arm, self.limits.lower, self.limits.upper))[0]
+        return bool((pos >= low).all() and (pos <= high).all())
 
     def _limit(self, arm: np.ndarray, measured: np.ndarray) -> np.ndarray:
         """Position limits, the maximum step from the measured position, then the
@@ -176,3 +182,37 @@ class SafetyFilter:
             self.interventions["velocity_acceleration"] += 1
         self.command, self.velocity = command, velocity
         return command
+
+    # ------------------------------------------------------------------ trajectories
+    def preview(self, first: np.ndarray, measured: np.ndarray, times: np.ndarray,
+                actions: np.ndarray, lookahead: float) -> tuple[np.ndarray, np.ndarray]:
+        """The points of a trajectory command: (times (n,) s from now, positions (n, dof)).
+
+        ``first`` is the arm command :meth:`filter` gave this tick, due one period ``dt``
+        from now; then the planned ``actions`` (their arm part) at ``times`` (s from now)
+        after it and within ``lookahead``, each as the filter would pass it: inside the
+        position limits, within ``max_step`` of the ``measured`` position (stricter than
+        needed, since the arm moves meanwhile: no point leads where the arm is now by more
+        than a single command may), and within the velocity and acceleration limits from the
+        point before (the limiter over the points' spacing, starting from the filter's
+        velocity; like the filter, it may brake a few mrad past ``max_step`` rather than stop
+        harder than the acceleration limit). A non-finite action, or one outside the
+        workspace box, ends the trajectory there. The filter's own state is not changed."""
+        step = self.config.max_step
+        out_t, out_p = [self.dt], [np.asarray(first, dtype=float)]
+        position, velocity = out_p[0], self.velocity.copy()
+        for t, action in zip(times, actions, strict=True):
+            if t <= out_t[-1] + 1e-6:
+                continue  # before the first point: already in the filtered command
+            if t > lookahead + 1e-9:
+                break
+            arm = np.asarray(action[:len(position)], dtype=float)
+            if not np.isfinite(arm).all() or not self._in_workspace(arm):
+                break
+            target = np.clip(np.clip(arm, self.limits.lower, self.limits.upper),
+                             measured - step, measured + step)
+            position, velocity = limit_command(target, position, velocity, t - out_t[-1],
+                                               self.limits)
+            out_t.append(float(t))
+            out_p.append(position)
+        return np.asarray(out_t), np.stack(out_p)

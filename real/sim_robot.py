@@ -1,11 +1,14 @@
 """A native MuJoCo arm task as a ros2_control-style robot, for tests and users without hardware.
 
 The node steps the task's physics in real time at its control rate and, every step, publishes
-``/joint_states`` (arm and gripper joints, positions and velocities) and the pose topics the
-robot config maps (end effector, object), then applies the latest command from the topics a
-real robot's controllers read (joint position targets as ``Float64MultiArray`` or the first
-point of a ``JointTrajectory``, and the gripper opening). A malformed command is dropped, as a
-controller rejects it.
+``/joint_states`` (arm and gripper joints, positions and velocities), the pose topics the
+robot config maps (end effector, object) and the camera images it maps (``type: image`` keys
+that are cameras of the task, e.g. ``agentview_image``, ``wrist_image``: rendered at
+``image_size``, ``rgb8``, at the task's control rate, which is the policy's), then applies the
+latest command from the topics a real robot's controllers read (joint position targets as
+``Float64MultiArray``, or a ``JointTrajectory`` interpolated linearly in time between its
+points from the position commanded when it arrived, as a joint_trajectory_controller does,
+and the gripper opening). A malformed command is dropped, as a controller rejects it.
 
 Episodes: physics waits (publishing the state) until the first command after a reset, so a
 policy's start-up never eats into an episode. When an episode ends (success, failure or time
@@ -15,6 +18,9 @@ service, when given, is called; commands sent before it answers belong to the ol
 are dropped.
 
     python -m robopolicy.real.sim_robot --task panda_lift --robot panda_sim --episodes 2
+
+Rendering (software GL here: ~35 ms a frame whatever its size) is the step's cost: only the
+mapped cameras are rendered, once per physics step; a frame is reused while physics waits.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ from geometry_msgs.msg import PoseStamped
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
-from sensor_msgs.msg import JointState
+from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Float64MultiArray, String
 from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory
@@ -48,7 +54,7 @@ class SimRobotNode(Node):
     def __init__(self, task: str, robot: RobotConfig, *, episodes: int | None = None,
                  seed: int = 100_000, reset_service: str = "",
                  max_episode_steps: int | None = None, name: str = "sim_robot",
-                 **node_kwargs):
+                 image_size: int = 84, **node_kwargs):
         super().__init__(name, **node_kwargs)  # e.g. context=
         from robopolicy.sim.core import make_env  # mujoco: only in the process that simulates
 
@@ -62,6 +68,15 @@ class SimRobotNode(Node):
         self.gripper = robot.gripper_spec(self.arm)
         self.episodes, self.seed, self.results = episodes, seed, []
         self.dropped: dict[str, int] = {}
+        self.image_size, self.frames = image_size, {}  # frames: {key: (step, image)}
+        cameras = getattr(self.env, "cameras", {})
+        self.cameras = [k for k, s in robot.observations.items() if s.type == "image"]
+        unknown = [k for k in self.cameras if k not in cameras]
+        if unknown:
+            raise ConfigError(f"{robot.where}: image observation(s) {unknown} are not cameras "
+                              f"of task '{task}' (it has {sorted(cameras)})")
+        self.trajectory = None  # (arrival, start position, times (n,), positions (n, dof))
+        self.trajectories = 0  # trajectory commands taken
         self._create_io(reset_service)
         self._start_episode(0)
         self.create_timer(1.0 / self.env.fps, self._step)
@@ -75,11 +90,15 @@ class SimRobotNode(Node):
         # one publisher per mapped topic: {topic: {field: observation key}}
         self.topics: dict[str, tuple] = {}
         for key, source in robot.observations.items():
+            if source.type == "image":
+                continue  # published by camera (_publish_images)
             if source.topic not in self.topics:
                 msg_type = PoseStamped if source.type == "pose" else Float64MultiArray
                 self.topics[source.topic] = (self.create_publisher(msg_type, source.topic,
                                                                    sensor), {})
             self.topics[source.topic][1][source.field] = key
+        self.image_pubs = {key: self.create_publisher(Image, robot.observations[key].topic,
+                                                      sensor) for key in self.cameras}
         command = ros_io.command_qos(robot.qos)
         if robot.command.type == "position":
             self.create_subscription(Float64MultiArray, robot.command.topic,
@@ -98,7 +117,8 @@ class SimRobotNode(Node):
     def _start_episode(self, index: int) -> None:
         self.index, self.steps, self.success, self.failure = index, 0, False, ""
         self.obs, _ = self.env.reset(seed=self.seed + index)
-        self.arm_command = self.gripper_command = None
+        self.arm_command = self.gripper_command = self.trajectory = None
+        self.frames = {}
         self.running = False  # physics waits for the first command of this episode
         self.accepting = True
         if index > 0 and self.reset_client is not None and self.reset_client.service_is_ready():
@@ -126,9 +146,11 @@ class SimRobotNode(Node):
         if self.done:
             return
         if not self.running:
-            self._publish_state()
+            self._publish_images(self._publish_state())
             return
         measured = self.obs
+        if self.trajectory is not None:  # where it should be at the end of this step
+            self.arm_command = self._trajectory_at(self._now() + 1.0 / self.env.fps)
         arm = measured["joint_pos"] if self.arm_command is None else self.arm_command
         grip = measured["gripper_pos"] if self.gripper_command is None else self.gripper_command
         action = np.append(arm, grip).astype(np.float32)
@@ -136,12 +158,32 @@ class SimRobotNode(Node):
         self.steps += 1
         self.success |= bool(info.get("success", False))
         self.failure = self.failure or str(info.get("failure", ""))
-        self._publish_state()
+        stamp = self._publish_state()
+        self._publish_images(stamp)
         if terminated or truncated:
             self._end_episode()
 
+    def _now(self) -> float:
+        return self.get_clock().now().nanoseconds * 1e-9
+
+    def _publish_images(self, stamp) -> None:
+        """The mapped cameras' frames of the current physics state, for the cameras someone
+        subscribes to, stamped as the joint states of that state (rendered once per step, in
+        the timer's thread: the GL context is the thread's)."""
+        if not self.cameras:
+            return
+        for key in self.cameras:
+            if not self.image_pubs[key].get_subscription_count():
+                continue  # nobody listens: no frame to render
+            step, frame = self.frames.get(key, (-1, None))
+            if step != self.steps or frame is None:
+                frame = self.env.camera_frame(self.image_size, key)  # (H, W, 3) uint8
+                self.frames[key] = (self.steps, frame)
+            self.image_pubs[key].publish(ros_io.image_msg(frame, stamp, key))
+
     # ------------------------------------------------------------------ state out
-    def _publish_state(self) -> None:
+    def _publish_state(self):
+        """Joint states and poses of the current physics state; returns their stamp."""
         stamp = self.get_clock().now().to_msg()
         obs, g = self.obs, self.gripper
         # finger positions from the opening (unclipped: the inverse of the table's opening())
@@ -165,6 +207,7 @@ class SimRobotNode(Node):
             pos = obs.get(fields.get("position"), np.zeros(3))
             quat = obs.get(fields.get("orientation"), np.array([1.0, 0, 0, 0]))
             pub.publish(ros_io.pose_msg(pos, quat, stamp, "world"))
+        return stamp
 
     # ------------------------------------------------------------------ commands in
     def _take(self, reason_topic: str, parse) -> None:
@@ -191,8 +234,25 @@ class SimRobotNode(Node):
                    lambda: self._set_arm(ros_io.finite(msg.data)))
 
     def _on_trajectory(self, msg: JointTrajectory) -> None:
-        self._take(self.robot.command.topic, lambda: self._set_arm(
-            ros_io.trajectory_positions(msg, self.robot.joints)))
+        def parse():
+            times, positions = ros_io.trajectory_points(msg, self.robot.joints)
+            if positions.shape[1] != self.arm.dof:
+                raise ros_io.Malformed("length_mismatch")
+            now = self._now()
+            start = (self._trajectory_at(now) if self.trajectory is not None
+                     else self.obs["joint_pos"] if self.arm_command is None
+                     else self.arm_command)
+            self.trajectory = (now, np.asarray(start, dtype=float), times, positions)
+            self.trajectories += 1
+        self._take(self.robot.command.topic, parse)
+
+    def _trajectory_at(self, t: float) -> np.ndarray:
+        """The trajectory's position at time ``t``: linear from the start position to the
+        first point and between points; the last point after its time."""
+        arrival, start, times, positions = self.trajectory
+        knots = np.concatenate([[0.0], times])  # (n + 1,)
+        values = np.concatenate([start[None], positions])  # (n + 1, dof)
+        return np.array([np.interp(t - arrival, knots, column) for column in values.T])
 
     def _on_gripper(self, msg: Float64MultiArray) -> None:
         def parse():
@@ -210,6 +270,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--episodes", type=int, help="stop after this many (default: run on)")
     p.add_argument("--seed", type=int, default=100_000, help="episode i uses seed + i")
     p.add_argument("--max-episode-steps", type=int)
+    p.add_argument("--image-size", type=int, default=84,
+                   help="height = width of the camera images the robot config maps")
     p.add_argument("--reset-service", default="",
                    help="the controller's reset_episode service, called between episodes")
     args = p.parse_args(argv)
@@ -217,7 +279,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         node = SimRobotNode(args.task, load_robot_config(args.robot), episodes=args.episodes,
                             seed=args.seed, reset_service=args.reset_service,
-                            max_episode_steps=args.max_episode_steps)
+                            max_episode_steps=args.max_episode_steps,
+                            image_size=args.image_size)
     except RobopolicyError as exc:
         print(f"sim_robot: error: {exc}", file=sys.stderr)
         rclpy.try_shutdown()

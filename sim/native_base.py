@@ -92,7 +92,7 @@ class NativeTaskEnv(TaskEnv):
         """Zero the whole physics state, so an episode depends only on what _reset sets."""
         mujoco.mj_resetData(self.model, self.data)
 
-    def _frame(self, size: int, key: str | None = None) -> np.ndarray:
+    def camera_frame(self, size: int, key: str | None = None) -> np.ndarray:
         """The view of camera ``key`` (default: the first) at ``size`` x ``size``, (H, W, 3)
         uint8, right side up."""
         renderer = self._renderers.get(size)
@@ -109,7 +109,7 @@ class NativeTaskEnv(TaskEnv):
         """``obs`` plus the camera observation when the env was built with images."""
         if self.images:
             for key in self.cameras:
-                obs[key] = self._frame(self.image_size, key)
+                obs[key] = self.camera_frame(self.image_size, key)
         return obs
 
     def _image_spaces(self) -> dict[str, spaces.Box]:
@@ -119,7 +119,7 @@ class NativeTaskEnv(TaskEnv):
 
     def render(self) -> np.ndarray:
         """A (render_size, render_size, 3) uint8 frame of the scene camera."""
-        return self._frame(self.render_size)
+        return self.camera_frame(self.render_size)
 
     def close(self) -> None:
         """Free the GL contexts now: freeing them at interpreter exit prints EGL errors."""
