@@ -44,7 +44,11 @@ from robopolicy.errors import ConfigError
 from robopolicy.real.safety import SafetyConfig
 from robopolicy.sim.robot import GripperSpec, RobotSpec, load_robot
 
-CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs" / "robots"
+# configs/robots: in a checkout (and an editable install) beside real/; a wheel installs it as
+# package data, robopolicy/robot_configs, also beside real/
+_HERE = Path(__file__).resolve().parent.parent
+CONFIGS_DIR = next((d for d in (_HERE / "configs" / "robots", _HERE / "robot_configs")
+                    if d.is_dir()), _HERE / "configs" / "robots")
 COMMAND_TYPES = ("position", "trajectory")
 # What an observation topic carries: a pose (geometry_msgs/PoseStamped: position (3) or
 # orientation (4, w x y z, as the simulator's keys)), a vector (std_msgs/Float64MultiArray), or

@@ -6,10 +6,13 @@
     robopolicy teleop --task lift --device keyboard --policy CHECKPOINT_DIR --out dagger.zarr
     robopolicy teleop --task lift --device keyboard --out demos.zarr --record-device s.npz
     robopolicy teleop --task lift --device replay --replay s.npz --out again.zarr
+    robopolicy teleop --robot configs/robots/panda_real.yaml --device spacemouse --out d.zarr
+    robopolicy teleop --robot panda_sim --task panda_lift --device scripted --out d.zarr
 
 Every registered task can be driven: each declares how a device's end-effector command
 becomes its action (``robopolicy.sim.ee_command``). An existing ``--out`` is appended to (same
-task and rate required).
+task and rate required). With ``--robot`` the device drives a ROS 2 robot instead
+(``robopolicy.real.ros_teleop``): IK on its MJCF, its safety filter, its command topics.
 """
 
 from __future__ import annotations
@@ -27,7 +30,12 @@ def add_parser(subparsers) -> None:
         description="Drive a task with an input device and record episodes into a store "
                     "(appends to an existing one). With --policy a trained model drives until "
                     "the operator intervenes.")
-    p.add_argument("--task", required=True, help="registered task name (see `sim list`)")
+    p.add_argument("--task", help="registered task name (see `sim list`); with --robot: the "
+                   "name stored (and the scripted device's expert)")
+    p.add_argument("--robot", metavar="CONFIG",
+                   help="drive a ROS 2 robot: its robot config (bundled name or YAML path)")
+    p.add_argument("--image-size", type=int, default=84,
+                   help="with --robot --images: camera frames are stored N x N")
     p.add_argument("--device", required=True, help=f"one of: {', '.join(DEVICES)}")
     p.add_argument("--out", required=True, help="episode store to create or append to")
     p.add_argument("--episodes", type=int, help="stop after this many saved episodes")
@@ -76,12 +84,26 @@ def main(args: argparse.Namespace) -> int:
 
     if args.episodes is not None and args.episodes < 1:
         raise TeleopError(f"--episodes must be >= 1, got {args.episodes}")
+    if not (args.task or args.robot):
+        raise TeleopError("give --task (a simulated task) or --robot (a ROS 2 robot config)")
     device = build_device(args)
-    overrides = {"max_episode_steps": args.max_steps} if args.max_steps else {}
-    summary = record(args.task, device, args.out, images=args.images, policy_dir=args.policy,
-                     display=make_display(args.display), env_overrides=overrides,
-                     rate=args.rate, episodes=args.episodes, notes=args.notes, seed=args.seed,
-                     keep_failures=args.keep_failures)
+    common = dict(images=args.images, policy_dir=args.policy, rate=args.rate,
+                  episodes=args.episodes, notes=args.notes, seed=args.seed,
+                  keep_failures=args.keep_failures)
+    if args.robot:
+        from robopolicy.real.ros_teleop import record_robot
+
+        # a robot without cameras has no picture for a window: the status line instead
+        kind = args.display
+        if kind == "auto" and not args.images:
+            kind = "status" if sys.stderr.isatty() else "none"
+        summary = record_robot(args.robot, device, args.out, task=args.task or "",
+                               image_size=args.image_size, display=make_display(kind),
+                               max_episode_steps=args.max_steps, **common)
+    else:
+        overrides = {"max_episode_steps": args.max_steps} if args.max_steps else {}
+        summary = record(args.task, device, args.out, display=make_display(args.display),
+                         env_overrides=overrides, **common)
     print(f"saved {summary['saved_episodes']} episodes to {args.out} "
           f"({summary['store_episodes']} in the store)")
     print(json.dumps({k: summary[k] for k in ("step_period_median_ms", "step_period_p99_ms",

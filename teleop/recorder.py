@@ -114,7 +114,9 @@ class Recorder:
     """Runs the loop; :meth:`run` returns a summary. ``rate`` (Hz) defaults to the env's
     ``fps``; ``rate=0`` runs as fast as the env steps (tests, replays). ``mapping`` defaults
     to the one the task declares; it is anchored on the observation whenever the operator
-    takes over from a state it did not command (a new episode, each step the model drove)."""
+    takes over from a state it did not command (a new episode, each step the model drove).
+    ``operator_judges_success``: a saved episode is a successful one (a real robot, where
+    nothing else can tell)."""
 
     def __init__(self, env, device: Device, store: EpisodeStore, *, task: str,
                  mapping: TeleopMapping | None = None,
@@ -122,7 +124,7 @@ class Recorder:
                  episodes: int | None = None, notes: str = "", seed: int = 0,
                  autostart: bool = False, keep_failures: bool = False,
                  display: StatusLine | None = None, background: bool = True,
-                 flush_every: int = 64):
+                 flush_every: int = 64, operator_judges_success: bool = False):
         self.env, self.device, self.store, self.task = env, device, store, task
         self.mapping = mapping or task_mapping(env, task)
         self.policy = policy
@@ -130,6 +132,8 @@ class Recorder:
         self.episodes, self.notes, self.seed = episodes, notes, seed
         self.autostart = autostart or policy is not None  # the model drives from the first step
         self.keep_failures = keep_failures
+        # on a robot nothing measures success: an episode the operator saves is one
+        self.operator_judges_success = operator_judges_success
         self.display = display or NoDisplay()
         writer = BackgroundEpisodeWriter if background else InlineEpisodeWriter
         self.writer = writer(store, flush_every=flush_every)
@@ -188,12 +192,13 @@ class Recorder:
         if self.steps:
             self.periods.append(now - self._last_step)
         self._last_step = now
-        self.writer.append({**self.obs, "action": action,
-                            "timestamp": np.float64(now - self.t0),
-                            "intervention": np.bool_(human)})
-        start = time.perf_counter()
+        obs, start = self.obs, time.perf_counter()
         self.obs, _, terminated, truncated, info = self.env.step(action)
         self.env_times.append(time.perf_counter() - start)
+        # a robot reports the command its safety filter let out: that is what was done
+        self.writer.append({**obs, "action": info.get("command", action),
+                            "timestamp": np.float64(now - self.t0),
+                            "intervention": np.bool_(human)})
         if not human:  # the operator may take over from here: the mapping starts where it is
             self.mapping.reset(self.obs)
         self.steps += 1
@@ -209,6 +214,7 @@ class Recorder:
             if not self.recording:  # (autostart may have started it)
                 self._start(now)
         elif event == SAVE and self.recording and self.steps:
+            self.success |= self.operator_judges_success
             self._finish(save=True)
         elif event in (DISCARD, RESET):
             if self.recording:
