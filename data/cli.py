@@ -3,6 +3,9 @@
     robopolicy data info PATH [--json] [--no-stats]
     robopolicy data validate PATH
     robopolicy data convert SRC DST [--zarr-format {2,3}]
+    robopolicy data export SRC DST --format {lerobot,robomimic} [--fps FPS] [--pix-fmt PF]
+    robopolicy data view PATH [--episodes A:B] [--save FILE.rrd]
+    robopolicy data report PATH [--out DIR]
     robopolicy data repair PATH
     robopolicy data merge OUT SRC [SRC ...] [--overwrite]
 
@@ -24,9 +27,11 @@ SHOW_VALUES = 6  # per-feature values printed per statistic before eliding the r
 
 def add_parser(subparsers) -> None:
     """Register ``data`` and its sub-commands on the top-level parser."""
-    p = subparsers.add_parser("data", help="inspect, validate, convert, repair and merge stores",
+    p = subparsers.add_parser("data", help="inspect, validate, convert, repair and merge stores; "
+                                           "export, view and report them",
                               description="Inspect, validate, convert, repair and merge episode "
-                                          "stores.")
+                                          "stores; export them to LeRobot or robomimic, view "
+                                          "them in Rerun, report them as PNG + HTML.")
     sub = p.add_subparsers(dest="data_command", required=True, metavar="COMMAND")
 
     info = sub.add_parser("info", help="summary of a store: episodes, keys, codecs, statistics")
@@ -39,12 +44,39 @@ def add_parser(subparsers) -> None:
     validate.add_argument("path", help="store directory or .zarr.zip")
     validate.set_defaults(run=run_validate)
 
-    convert = sub.add_parser("convert", help="robomimic HDF5 or any store -> new zarr store")
-    convert.add_argument("src", help="robomimic .hdf5/.h5 file, store directory or .zarr.zip")
+    convert = sub.add_parser("convert",
+                             help="robomimic HDF5, LeRobot v3 or any store -> new zarr store")
+    convert.add_argument("src", help="robomimic .hdf5/.h5 file, LeRobot v3 dataset directory, "
+                                     "store directory or .zarr.zip")
     convert.add_argument("dst", help="new store directory (must not exist)")
     convert.add_argument("--zarr-format", type=int, choices=(2, 3), default=3,
                          help="zarr format of the new store (default: 3)")
     convert.set_defaults(run=run_convert)
+
+    export = sub.add_parser("export", help="store -> LeRobot v3 directory or robomimic HDF5")
+    export.add_argument("src", help="store directory or .zarr.zip")
+    export.add_argument("dst", help="new LeRobot directory or .hdf5 file (must not exist)")
+    export.add_argument("--format", required=True, choices=("lerobot", "robomimic"),
+                        dest="fmt", help="what to write")
+    export.add_argument("--fps", type=float, default=None,
+                        help="frame rate for LeRobot when the store records none")
+    export.add_argument("--pix-fmt", choices=("yuv420p", "yuv444p"), default="yuv420p",
+                        help="LeRobot camera videos: yuv420p plays everywhere, yuv444p keeps "
+                             "full-resolution colour (default: yuv420p)")
+    export.set_defaults(run=run_export)
+
+    view = sub.add_parser("view", help="stream a store to the Rerun viewer, or save a .rrd")
+    view.add_argument("path", help="store directory or .zarr.zip")
+    view.add_argument("--episodes", default=None, metavar="A:B",
+                      help="episode range as a Python slice, e.g. 0:10 (default: all)")
+    view.add_argument("--save", default=None, metavar="FILE.rrd",
+                      help="write a recording instead of opening a viewer (headless)")
+    view.set_defaults(run=run_view)
+
+    report = sub.add_parser("report", help="contact sheet, per-key plots and index.html")
+    report.add_argument("path", help="store directory or .zarr.zip")
+    report.add_argument("--out", default=None, help="output directory (default: PATH-report)")
+    report.set_defaults(run=run_report)
 
     repair = sub.add_parser("repair", help="trim the uncommitted tail an interrupted write left")
     repair.add_argument("path", help="store directory")
@@ -213,6 +245,37 @@ def run_convert(args: argparse.Namespace) -> int:
     with EpisodeStore.open(dst) as store:
         print(f"wrote {dst} (zarr v{store.zarr_format}, {store.n_episodes} episodes, "
               f"{store.n_steps} steps, keys: {', '.join(store.keys)})")
+    return 0
+
+
+# --------------------------------------------------------------------------- export, view, report
+def run_export(args: argparse.Namespace) -> int:
+    from robopolicy.data.export import export
+
+    summary = export(args.src, args.dst, args.fmt, fps=args.fps, pix_fmt=args.pix_fmt,
+                     progress=sys.stderr.isatty())
+    dropped = f"; not written (no place in {args.fmt}): {', '.join(summary['dropped'])}" \
+        if summary["dropped"] else ""
+    print(f"wrote {summary['path']} ({args.fmt}, {summary['episodes']} episodes, "
+          f"{summary['steps']} steps){dropped}")
+    return 0
+
+
+def run_view(args: argparse.Namespace) -> int:
+    from robopolicy.data.view import view
+
+    sent = view(args.path, episodes=args.episodes, save=args.save)
+    where = f"saved {sent['saved']}" if sent["saved"] else "sent to the Rerun viewer"
+    print(f"{where}: episodes {sent['episodes'][0]}:{sent['episodes'][1]}, {sent['steps']} "
+          f"steps, cameras: {', '.join(sent['cameras']) or 'none'}")
+    return 0
+
+
+def run_report(args: argparse.Namespace) -> int:
+    from robopolicy.data.report import report
+
+    result = report(args.path, args.out)
+    print(f"wrote {Path(result['out']) / 'index.html'} ({', '.join(result['files'][:-1])})")
     return 0
 
 

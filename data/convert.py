@@ -1,6 +1,8 @@
 """Convert demonstrations into a new episode store (a zarr directory, v3 by default).
 
 - robomimic HDF5 (``data/demo_N/...``, ``mask/<name>``): :func:`convert_robomimic`
+- a LeRobot v3 dataset directory (``meta/info.json``, parquet, MP4):
+  :func:`robopolicy.data.lerobot.convert_lerobot`
 - any store :class:`EpisodeStore` reads (diffusion-policy zarr 2 directory or ``.zarr.zip``,
   zarr 3): :func:`convert_zarr`, which re-chunks into robopolicy's layout
 
@@ -55,12 +57,17 @@ def _fresh_output(dst: Path) -> Iterator[Path]:
 
 def convert(src: str | os.PathLike, dst: str | os.PathLike, zarr_format: int = 3,
             progress: bool = True) -> Path:
-    """Convert ``src`` (robomimic HDF5 or any episode store) to a new store at ``dst``."""
+    """Convert ``src`` (robomimic HDF5, LeRobot v3 directory or any episode store) to a new
+    store at ``dst``; the format is recognised from the path."""
     src, dst = Path(src), Path(dst)
     if not src.exists():
         raise StoreError(f"{src}: no such file or directory")
     if is_hdf5(src):
         return convert_robomimic(src, dst, zarr_format, progress)
+    from robopolicy.data.lerobot import convert_lerobot, is_lerobot  # pyarrow only when needed
+
+    if is_lerobot(src):
+        return convert_lerobot(src, dst, zarr_format, progress)
     return convert_zarr(src, dst, zarr_format, progress)
 
 

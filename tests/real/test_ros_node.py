@@ -115,6 +115,8 @@ class Peer(Node):
             position = position[:-1]
         elif self.mode == "future":
             stamp = stamp + rclpy.duration.Duration(seconds=1.0)
+        elif self.mode == "stale":  # a driver whose samples arrive a second late
+            stamp = stamp - rclpy.duration.Duration(seconds=1.0)
         elif self.mode == "shuffled":
             names, position = names[::-1], position[::-1]
         msg = JointState(name=names, position=position, velocity=[0.0] * len(names))
@@ -256,6 +258,49 @@ def test_diagnostics_report_latency_age_interventions_and_device(wire):
     assert 0 <= float(status["observation_age_ms_max"]) < 2000
     assert status["message"] == "commanding"
     assert int(status["commands_sent"]) > 0
+
+
+def test_stale_stamps_a_burst_and_a_raising_policy_hold_and_are_reported(wire):
+    peer, node = wire
+    activate(peer)
+    spec = ROBOT.robot_spec()
+    assert wait_for(lambda: len(peer.commands) >= 10, 10.0)
+
+    # stale joint states (a second old): one hold at most, then nothing; reported
+    peer.mode = "stale"
+    time.sleep(0.3)  # the hold goes out in here
+    t = time.monotonic()
+    time.sleep(0.5)
+    assert peer.commands_since(t) == []
+    assert wait_for(lambda: peer.diagnostics and "joint_pos" in peer.latest_status()["message"]
+                    and peer.latest_status()["message"].startswith("holding: stale"), 3.0)
+    peer.mode = "good"
+    t = time.monotonic()
+    assert wait_for(lambda: len(peer.commands_since(t)) >= 10, 5.0), "no commands after"
+
+    # a burst: 2000 joint states at once, beside the 50 Hz stream; commanding goes on
+    burst = JointState(name=[*ROBOT.joints, "finger_joint1", "finger_joint2"],
+                       position=[*HOME, 0.04, -0.04], velocity=[0.0] * 9)
+    burst.header.stamp = peer.get_clock().now().to_msg()
+    for _ in range(2000):
+        peer.joint_pub.publish(burst)
+    t = time.monotonic()
+    assert wait_for(lambda: len(peer.commands_since(t)) >= 10, 5.0), "no commands after burst"
+
+    # the policy raises in the inference thread: a hold, the e-stop latched, ERROR reported
+    def broken(*_):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+    node.controller.worker.policy = broken
+    assert wait_for(lambda: node.fault.startswith("inference_error: RuntimeError"), 5.0)
+    time.sleep(0.2)  # the hold is out
+    t = time.monotonic()
+    time.sleep(0.5)
+    assert peer.commands_since(t) == []
+    assert wait_for(lambda: peer.diagnostics and peer.latest_status()["level"]
+                    == DiagnosticStatus.ERROR, 3.0)
+    assert int(peer.latest_status()["safety.inference_error"]) >= 1
+    arm = np.stack([c[:spec.dof] for _, c in peer.commands])  # everything that went out
+    assert np.isfinite(arm).all() and (arm >= spec.lower).all() and (arm <= spec.upper).all()
 
 
 @pytest.mark.slow
