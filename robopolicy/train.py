@@ -124,6 +124,8 @@ def _loaders(cfg: TrainConfig, model: ActionModel, proc: distributed.Process,
     if cfg.val_ratio == 0 or not proc.is_main:
         return train_loader, None
     val = EpisodeDataset(cfg.data, split="val", **window)
+    if len(val) == 0:  # a store of one episode: it trains, nothing is left to validate on
+        return train_loader, None
     return train_loader, make_loader(val, min(cfg.batch_size, len(val)), shuffle=False,
                                      drop_last=False)
 
