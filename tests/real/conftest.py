@@ -1,9 +1,15 @@
 """Shared by the robot-side tests: one small trained policy for the whole session."""
 
+import sys
+
 import pytest
 
+from robopolicy.real.deploy import SWITCH_INTERVAL
 from robopolicy.sim.collect import collect
 from robopolicy.train import TrainConfig, train
+
+# the nodes these tests spin run as `robopolicy deploy` runs them (real/deploy.py says why)
+sys.setswitchinterval(SWITCH_INTERVAL)
 
 
 @pytest.fixture(scope="session")
