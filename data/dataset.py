@@ -30,7 +30,7 @@ from torch.utils.data import (
 )
 
 from robopolicy.data.sampler import SequenceSampler, split_episodes
-from robopolicy.data.store import EpisodeStore, is_image
+from robopolicy.data.store import EpisodeStore
 from robopolicy.errors import ConfigError, StoreError
 
 # numcodecs decoders for the zarr v3 compressors a plainly encoded chunk may carry
@@ -146,8 +146,7 @@ class EpisodeDataset(Dataset):
             self.action_key = action_key or single_action_key(store)
             for key in [*self.obs_keys, self.action_key]:
                 store.array(key)  # a clear error for a missing key, now rather than in a worker
-            self.image_keys = [k for k in self.obs_keys
-                               if is_image(store.array(k).shape, store.array(k).dtype)]
+            self.image_keys = [k for k in self.obs_keys if k in store.image_keys]
             self.lowdim = {k: store.load(k) for k in [*self.obs_keys, self.action_key]
                            if k not in self.image_keys}
             allowed = _episode_flags(store, episode_filter)

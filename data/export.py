@@ -15,7 +15,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from robopolicy.data.convert import ROBOMIMIC_ATTR, ROBOMIMIC_OTHER, _fresh_output
-from robopolicy.data.store import EpisodeStore
+from robopolicy.data.store import EpisodeStore, is_image
 from robopolicy.errors import StoreError
 
 FORMATS = ("lerobot", "robomimic")
@@ -118,7 +118,7 @@ def _write_demo(store: EpisodeStore, i: int, demo, action_key: str, obs: list[st
         demo.create_dataset("dones", data=(np.arange(n) == n - 1).astype(np.int64))
     for key in obs:
         # images stay raw uint8 (robomimic's own layout), chunked per frame, gzip'd
-        image = episode[key].dtype == np.uint8 and episode[key].ndim == 4
+        image = is_image(episode[key].shape, episode[key].dtype)
         demo.create_dataset(f"obs/{key}", data=episode[key],
                             **({"chunks": (1, *episode[key].shape[1:]), "compression": "gzip"}
                                if image else {}))

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from robopolicy.data.store import EpisodeStore, is_image
+from robopolicy.data.store import EpisodeStore
 
 TILE_MIN = 96  # small camera frames are enlarged (nearest neighbour) to at least this height
 GAP = 4  # pixels of white between tiles
@@ -131,7 +131,7 @@ def report(path: str | os.PathLike, out: str | os.PathLike | None = None) -> dic
     written = []
     with EpisodeStore.open(path) as store:
         episodes = range(min(store.n_episodes, MAX_EPISODES))
-        cameras = [k for k in store.keys if is_image(store.array(k).shape, store.array(k).dtype)]
+        cameras = store.image_keys
         layout = None
         if cameras and store.n_episodes:
             Image.fromarray(contact_sheet(store, cameras, episodes)).save(

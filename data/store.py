@@ -320,6 +320,11 @@ class EpisodeStore:
         return self._list(self._data)
 
     @property
+    def image_keys(self) -> list[str]:
+        """Names of the data arrays that hold camera frames (:func:`is_image`)."""
+        return [k for k in self.keys if is_image(self.array(k).shape, self.array(k).dtype)]
+
+    @property
     def meta_keys(self) -> list[str]:
         """Names of the per-episode metadata arrays (episode_ends excluded)."""
         return [k for k in self._list(self._meta) if k != "episode_ends"]

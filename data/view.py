@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from robopolicy.data.store import EpisodeStore, is_image
+from robopolicy.data.store import EpisodeStore
 from robopolicy.errors import RobopolicyError, StoreError
 
 APP_ID = "robopolicy_data_view"
@@ -110,7 +110,7 @@ def view(path: str | os.PathLike, episodes: str | None = None,
     with EpisodeStore.open(path) as store:
         selected = parse_episodes(episodes, store.n_episodes)
         fps = store.fps or 1.0
-        images = [k for k in store.keys if is_image(store.array(k).shape, store.array(k).dtype)]
+        images = store.image_keys
         lowdim = [k for k in store.keys if k not in images
                   and np.dtype(store.array(k).dtype).kind in "biuf"]
         rec = rr.RecordingStream(APP_ID)

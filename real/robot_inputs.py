@@ -80,13 +80,10 @@ class RobotInputs:
                               f"{self.robot.joint_states} (it publishes {self.last_names})")
 
     # ------------------------------------------------------------------ parsing
-    def _now(self) -> float:
-        return self.node.get_clock().now().nanoseconds * 1e-9
-
     def _stamp(self, header) -> float:
         """The message's time on our clock; unstamped messages take their arrival time. A
         stamp ahead of the clock is malformed (a sensor clock running ahead)."""
-        now = self._now()
+        now = ros_io.now_seconds(self.node)
         stamp = ros_io.stamp_seconds(header.stamp)
         if stamp == 0.0:
             return now
@@ -128,7 +125,8 @@ class RobotInputs:
 
     def _on_topic(self, msg, topic: str, keys: dict) -> None:
         def parse():
-            stamp = self._stamp(msg.header) if hasattr(msg, "header") else self._now()
+            stamp = (self._stamp(msg.header) if hasattr(msg, "header")
+                     else ros_io.now_seconds(self.node))
             if isinstance(msg, Image):
                 self.sink({key: ros_io.image_array(msg, self.shapes[key], source.resize)
                            for key, source in keys.items()}, stamp)

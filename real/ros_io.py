@@ -42,6 +42,11 @@ def command_qos(config: QosConfig) -> QoSProfile:
     return qos(config.command_reliability, config.command_depth)
 
 
+def now_seconds(node) -> float:
+    """Seconds on ``node``'s clock: what message stamps are compared with."""
+    return node.get_clock().now().nanoseconds * 1e-9
+
+
 def stamp_seconds(stamp) -> float:
     return stamp.sec + 1e-9 * stamp.nanosec
 

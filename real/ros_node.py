@@ -110,7 +110,7 @@ class ControllerNode(LifecycleNode):
 
     def now(self) -> float:
         """Seconds on the node's clock: what message stamps are compared with."""
-        return self.get_clock().now().nanoseconds * 1e-9
+        return ros_io.now_seconds(self)
 
     # ------------------------------------------------------------------ lifecycle
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:

@@ -123,7 +123,7 @@ class RobotEnv:
             self.executor.spin()
 
     def now(self) -> float:
-        return self.node.get_clock().now().nanoseconds * 1e-9
+        return ros_io.now_seconds(self.node)
 
     def _observe(self, values: dict[str, np.ndarray], stamp: float) -> None:
         with self.lock:

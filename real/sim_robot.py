@@ -164,7 +164,7 @@ class SimRobotNode(Node):
             self._end_episode()
 
     def _now(self) -> float:
-        return self.get_clock().now().nanoseconds * 1e-9
+        return ros_io.now_seconds(self)
 
     def _publish_images(self, stamp) -> None:
         """The mapped cameras' frames of the current physics state, for the cameras someone

@@ -32,7 +32,7 @@ from robopolicy.data.dataset import (
     single_action_key,
 )
 from robopolicy.data.stats import compute_stats
-from robopolicy.data.store import EpisodeStore, is_image
+from robopolicy.data.store import EpisodeStore
 from robopolicy.errors import ConfigError
 from robopolicy.metrics import MetricsLog
 from robopolicy.policies import MODELS, ActionModel
@@ -99,7 +99,7 @@ def build_model(cfg: TrainConfig, store: EpisodeStore) -> ActionModel:
         obs_keys = list(cfg.obs_keys)
     action_key = single_action_key(store)
     shapes = {k: list(store.array(k).shape[1:]) for k in [*obs_keys, action_key]}
-    images = [k for k in obs_keys if is_image(store.array(k).shape, store.array(k).dtype)]
+    images = [k for k in obs_keys if k in store.image_keys]
     config = model_cls.config_class.from_dict(
         {"shapes": shapes, "image_keys": images, "action_key": action_key, **cfg.model},
         where=f"model ({cfg.family})")
