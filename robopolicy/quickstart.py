@@ -58,6 +58,10 @@ def run(out_dir: Path, task: str = DEFAULT_TASK, n_episodes: int = 100, seed: in
 # the weak start of the RL story: 50 demos, a small MLP flow policy trained briefly
 RL_MODEL = {"horizon": 4, "n_obs_steps": 1, "n_action_steps": 4, "num_inference_steps": 10,
             "backbone": "mlp", "backbone_kwargs": {"hidden_dim": 256, "n_layers": 3}}
+# its fine-tuning: configs/panda_lift/finetune_fpo.yaml's recipe (FPO++; a test keeps the two
+# equal), written here so that an installed package without the configs folder runs it too
+RL_FINETUNE = {"n_envs": 32, "n_steps": 64, "reward": "sparse", "per_pair": True,
+               "spo_negative": True, "lr": 1.0e-5, "eval_every": 3, "minibatch_size": 512}
 
 
 def run_rl(out_dir: Path, task: str = "panda_lift", n_episodes: int = 50, seed: int = 0,
@@ -79,7 +83,7 @@ def run_rl(out_dir: Path, task: str = "panda_lift", n_episodes: int = 50, seed: 
           f"({time.perf_counter() - start:.0f} s)", flush=True)
     rl = finetune(FinetuneConfig(checkpoint=bc["checkpoint"], task=task, algo="fpo",
                                  out=str(out_dir / "fpo"), env_steps=env_steps,
-                                 eval_episodes=eval_episodes, seed=seed))
+                                 eval_episodes=eval_episodes, seed=seed, **RL_FINETUNE))
     print(f"[3/3] FPO fine-tuned: success {rl['start_success']:.2f} -> "
           f"{rl['final_success']:.2f} in {rl['env_steps']} env steps "
           f"({time.perf_counter() - start:.0f} s)", flush=True)

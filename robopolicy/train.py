@@ -290,7 +290,8 @@ def _periodic(cfg: TrainConfig, trainer: Trainer, val_loader, out: Path, row: di
 
 def evaluate_checkpoint(model: ActionModel, task: str, episodes: int, n_envs: int,
                         out_dir: Path, progress: bool = True, seed: int = 100_000,
-                        videos: int = 2, device: str | torch.device = "cpu") -> dict:
+                        videos: int = 2, device: str | torch.device = "cpu",
+                        zero_noise: bool = False) -> dict:
     """Success of a model in a sim task through the chunk executor (videos of the first
     ``videos`` episodes). Seeds start at 100,000, away from the seeds demonstrations are
     collected with."""
@@ -301,7 +302,8 @@ def evaluate_checkpoint(model: ActionModel, task: str, episodes: int, n_envs: in
     if model.config.image_keys:  # the cameras, at the size the model was trained on
         height = model.config.shapes[model.config.image_keys[0]][0]
         overrides = {"images": True, "image_size": height}
-    policy = ChunkExecutor(model, n_envs, device, source=f"task '{task}'")
+    policy = ChunkExecutor(model, n_envs, device, source=f"task '{task}'",
+                           zero_noise=zero_noise)
     return evaluate(policy, task, n_episodes=episodes, seed=seed, n_envs=n_envs,
                     video_episodes=videos, out_dir=out_dir, progress=progress, **overrides)
 

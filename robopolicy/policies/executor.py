@@ -37,8 +37,11 @@ class ChunkExecutor:
     """``reset(mask)`` when envs start an episode; ``act(obs)`` each step (batched, N envs)."""
 
     def __init__(self, model: ActionModel, n_envs: int, device: str | torch.device = "cpu",
-                 source: str = "the environment"):
+                 source: str = "the environment", zero_noise: bool = False):
         self.model, self.n_envs, self.device = model.eval(), n_envs, torch.device(device)
+        # every chain starts from the prior's mean instead of a draw (FPO++'s "zero
+        # sampling" at evaluation): with a deterministic sampler, one chunk per observation
+        self.zero_noise = zero_noise
         self.source = source  # who gives the observations, for error messages
         self.n_obs_steps = model.config.n_obs_steps  # To
         self.n_action_steps = model.config.n_action_steps  # Ta
@@ -90,7 +93,9 @@ class ChunkExecutor:
             batch = {k: torch.as_tensor(h[need], device=self.device)
                      for k, h in self.history.items()}
             ids = np.flatnonzero(need)
-            out = self.model.predict_action(batch, state=self.state, env_ids=ids)
+            noise = (torch.zeros(self.model.chunk_shape(len(ids)), device=self.device)
+                     if self.zero_noise else None)
+            out = self.model.predict_action(batch, noise=noise, state=self.state, env_ids=ids)
             chunk = out["action"]  # (B', Ta, Da)
             self.queue[need] = chunk.float().cpu().numpy()
             self.n_queued[need] = self.n_action_steps

@@ -46,9 +46,9 @@ ALGORITHMS = {
                                     min_std=cfg.min_std or 0.1,
                                     min_logprob_std=cfg.min_logprob_std, bc_coef=cfg.bc_coef),
 }
-FIELDS = ["env_steps", "iteration", "eval_success", "rollout_success", "rollout_return",
-          "pg_loss", "v_loss", "approx_kl", "clip_fraction", "epochs", "lr", "rollout_seconds",
-          "update_seconds", "seconds"]
+FIELDS = ["env_steps", "iteration", "eval_success", "rollout_success", "rollout_failure",
+          "rollout_return", "pg_loss", "v_loss", "approx_kl", "clip_fraction", "epochs", "lr",
+          "rollout_seconds", "update_seconds", "seconds"]
 
 
 def build_algorithm(model, cfg: FinetuneConfig):
@@ -77,6 +77,11 @@ class FinetuneConfig:
     # tasks that end at success, dense per-step terms can outweigh succeeding: a policy
     # that hovers at the grasp for the whole episode out-earns one that lifts)
     reward: str = "sparse"
+    # subtracted at the decision where the env ends an episode as a failure (a joint limit, a
+    # self-collision: info["failure"]). Under the sparse reward a failure and a timeout both
+    # earn 0; on panda_lift most failed episodes of the weak policies end early on the joint
+    # velocity check, and this makes avoiding that a signal of its own.
+    failure_penalty: float = 0.0
     gamma: float = 0.99  # discount per decision
     gae_lambda: float = 0.95
     update_epochs: int = 4
@@ -104,7 +109,10 @@ class FinetuneConfig:
     # the demos' spread: 0.13 on panda_lift, whose first rollout then succeeded in 0.06 of
     # its episodes where the mean succeeds in 0.46)
     std: float | None = None
-    eval_eta: float = 0.0  # evaluation's (0: zero noise, FPO++'s deterministic sampling)
+    eval_eta: float = 0.0  # evaluation's sampler stochasticity (0: the deterministic sampler)
+    # FPO++'s "zero sampling": evaluation starts every chain from zero noise (the prior's
+    # mean) instead of a draw, so with eval_eta = 0 the policy is a function of its input
+    eval_zero_noise: bool = False
     n_mc: int = 8  # fpo: (noise, time) pairs per chunk
     per_pair: bool = False  # fpo: FPO++'s ratio clipped per pair
     spo_negative: bool = False  # fpo: FPO++'s asymmetric trust region
@@ -183,7 +191,8 @@ class Learner:
                 result = evaluate_checkpoint(self.model.eval(), self.cfg.task,
                                              self.cfg.eval_episodes, 1,
                                              self.out / "eval" / f"step_{self.env_steps}",
-                                             progress=False, videos=videos)
+                                             progress=False, videos=videos,
+                                             zero_noise=self.cfg.eval_zero_noise)
         finally:
             self.model.config.eta = rollout_eta
         return float(result["success_rate"])
@@ -298,6 +307,7 @@ def finetune(cfg: FinetuneConfig, progress: bool = True) -> dict:
             if rollout.successes:
                 row["rollout_success"] = float(np.mean(rollout.successes))
                 row["rollout_return"] = float(np.mean(rollout.returns))
+                row["rollout_failure"] = float(np.mean(rollout.failures))
             last = learner.env_steps >= cfg.env_steps
             if last or (cfg.eval_every and learner.iteration % cfg.eval_every == 0):
                 row["eval_success"] = learner.evaluate(videos=cfg.videos if last else 0)

@@ -41,6 +41,7 @@ class Rollout:
     env_steps: int  # simulator steps (actions executed) in the rollout
     returns: list[float]  # of every episode that ended in it
     successes: list[bool]
+    failures: list[bool]  # whether the env ended it as a failure (info["failure"])
 
     @staticmethod
     def concat(parts: list[Rollout]) -> Rollout:
@@ -111,7 +112,7 @@ class RolloutWorker:
         generator = torch.Generator().manual_seed(noise_seed(cfg.seed, iteration, self.worker))
         steps = {"obs": [self.obs], "records": [], "rewards": [], "terminated": [],
                  "truncated": [], "final": []}
-        returns, successes, env_steps = [], [], 0
+        returns, successes, failures, env_steps = [], [], [], 0
         self.model.eval()
         with one_thread():
             for _ in range(cfg.n_steps):
@@ -124,9 +125,12 @@ class RolloutWorker:
                 success = step_info(info, "success", done).astype(bool)
                 if cfg.reward == "sparse":
                     reward = success.astype(np.float64)
+                failed = step_info(info, "failure", done).astype(str) != ""
+                reward = reward - cfg.failure_penalty * failed
                 self.episode_return += reward
                 returns += self.episode_return[done].tolist()
                 successes += success[done].tolist()
+                failures += failed[done].tolist()
                 self.episode_return[done] = 0.0
                 self.obs = to_tensors(next_obs)
                 steps["final"].append(final_windows(info, trunc, self.obs))
@@ -137,7 +141,7 @@ class RolloutWorker:
         return Rollout(stack(steps["obs"]), stack(steps["records"]),
                        np.stack(steps["rewards"]), np.stack(steps["terminated"]),
                        np.stack(steps["truncated"]), stack(steps["final"]), env_steps,
-                       returns, successes)
+                       returns, successes, failures)
 
     def close(self) -> None:
         self.envs.close()

@@ -55,3 +55,25 @@ def test_evaluator_drives_a_model_through_the_executor(tmp_path):
     summary = evaluate(ChunkExecutor(model, n_envs=2), "reach", n_episodes=4, n_envs=2, seed=0,
                        progress=False, max_episode_steps=12)
     assert summary["n_episodes"] == 4 and all(n <= 12 for n in summary["episode_lengths"])
+
+
+def test_zero_noise_starts_every_chain_from_the_priors_mean():
+    """FPO++'s zero sampling: with the deterministic sampler the chunk is a function of the
+    observation (no draw), and it is the chain run from x = 0."""
+    model = reach_model()
+    model.config.eta = 0.0
+    obs = {"eef_pos": np.full((2, 3), 0.3, np.float32), "eef_vel": np.zeros((2, 3), np.float32),
+           "goal_pos": np.zeros((2, 3), np.float32)}
+    chunks = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        executor = ChunkExecutor(model, n_envs=2, zero_noise=True)
+        chunks.append(np.stack([executor.act(obs) for _ in range(3)], 1))  # (2, Ta, Da)
+    np.testing.assert_array_equal(chunks[0], chunks[1])
+    window = {k: torch.as_tensor(v)[:, None].expand(2, 2, 3) for k, v in obs.items()}
+    with torch.no_grad():
+        expected = model.predict_action(window, noise=torch.zeros(model.chunk_shape(2)))
+    np.testing.assert_allclose(chunks[0], expected["action"].numpy(), atol=1e-6)
+    torch.manual_seed(0)
+    drawn = np.stack([ChunkExecutor(model, n_envs=2).act(obs)], 1)
+    assert not np.allclose(drawn, chunks[0][:, :1])  # a draw starts elsewhere

@@ -163,6 +163,15 @@ def test_finetune_configs_are_valid(path, weak_policy):
     assert cfg.algo in ALGORITHMS and cfg.env_steps <= 1_000_000
 
 
+def test_quickstart_rl_fine_tunes_with_the_shipped_fpo_recipe():
+    from robopolicy.config import read_values
+    from robopolicy.quickstart import RL_FINETUNE
+
+    shipped = read_values("configs/panda_lift/finetune_fpo.yaml", [])
+    budget = {"env_steps", "eval_episodes"}  # the quickstart's own flags
+    assert {k: v for k, v in shipped.items() if k not in budget} == RL_FINETUNE
+
+
 def test_bad_reward_and_missing_ray_address_are_one_line(weak_policy, tmp_path):
     with pytest.raises(ConfigError, match="reward='shaped' must be 'sparse' or 'dense'"):
         finetune(FinetuneConfig(checkpoint=weak_policy, task="reach", reward="shaped",

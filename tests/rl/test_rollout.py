@@ -101,3 +101,26 @@ def test_a_fine_tuning_iteration_on_ray_matches_the_in_process_one(checkpoint, t
     assert rows[0][2].split(",")[:2] == rows[1][2].split(",")[:2]  # env steps, iteration
     # the same minibatches of the same rollout: the same losses
     assert rows[0][2].split(",")[5:9] == rows[1][2].split(",")[5:9]
+
+
+def test_failure_penalty_is_paid_once_by_every_episode_the_env_ends_as_a_failure(tmp_path):
+    """An untrained policy on panda_lift throws the arm around: its episodes end early on
+    the task's joint checks, and each pays the penalty at its last decision, only there."""
+    from robopolicy.rl.benchmark import checkpoint as untrained_checkpoint
+
+    ckpt = untrained_checkpoint(tmp_path, "panda_lift", "flow")
+    cfg = FinetuneConfig(checkpoint=ckpt, task="panda_lift", algo="fpo", n_envs=4,
+                         n_workers=1, n_steps=40, out=str(tmp_path / "run"),
+                         failure_penalty=2.0)
+    model = load_model(ckpt)
+    workers = LocalWorkers(cfg, model, build_algorithm(model, cfg))
+    try:
+        rollout = workers.rollout(1)
+    finally:
+        workers.close()
+    n_failed = sum(rollout.failures)
+    assert n_failed >= 2 and not any(rollout.successes)
+    assert set(np.unique(rollout.rewards)) <= {0.0, -2.0}
+    assert (rollout.rewards == -2.0).sum() == n_failed
+    ended = rollout.terminated | rollout.truncated
+    assert (rollout.rewards[~ended] == 0).all()
