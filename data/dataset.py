@@ -146,7 +146,8 @@ class EpisodeDataset(Dataset):
             self.action_key = action_key or single_action_key(store)
             for key in [*self.obs_keys, self.action_key]:
                 store.array(key)  # a clear error for a missing key, now rather than in a worker
-            self.image_keys = [k for k in self.obs_keys if k in store.image_keys]
+            cameras = store.image_keys  # opens every array: once, not per key
+            self.image_keys = [k for k in self.obs_keys if k in cameras]
             self.lowdim = {k: store.load(k) for k in [*self.obs_keys, self.action_key]
                            if k not in self.image_keys}
             allowed = _episode_flags(store, episode_filter)

@@ -322,7 +322,8 @@ class EpisodeStore:
     @property
     def image_keys(self) -> list[str]:
         """Names of the data arrays that hold camera frames (:func:`is_image`)."""
-        return [k for k in self.keys if is_image(self.array(k).shape, self.array(k).dtype)]
+        arrays = {k: self.array(k) for k in self.keys}  # each opened once
+        return [k for k, a in arrays.items() if is_image(a.shape, a.dtype)]
 
     @property
     def meta_keys(self) -> list[str]:

@@ -99,7 +99,8 @@ def build_model(cfg: TrainConfig, store: EpisodeStore) -> ActionModel:
         obs_keys = list(cfg.obs_keys)
     action_key = single_action_key(store)
     shapes = {k: list(store.array(k).shape[1:]) for k in [*obs_keys, action_key]}
-    images = [k for k in obs_keys if k in store.image_keys]
+    cameras = store.image_keys  # opens every array: once, not per key
+    images = [k for k in obs_keys if k in cameras]
     config = model_cls.config_class.from_dict(
         {"shapes": shapes, "image_keys": images, "action_key": action_key, **cfg.model},
         where=f"model ({cfg.family})")
