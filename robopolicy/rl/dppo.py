@@ -109,11 +109,18 @@ class DPPO:
     @torch.no_grad()
     def act(self, obs: dict[str, torch.Tensor], generator: torch.Generator | None = None
             ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Chunks (B, T, Da) and the fine-tuned part of their chains with its log-probs."""
+        """Chunks (B, T, Da) and the fine-tuned part of their chains."""
         cond = self.model.encode_obs(obs)  # (B, Dc)
         x, steps = self._chain(cond, generator)
-        return x[:, -1], {"chain": x, "steps": steps,
-                          "logp": self._chain_log_prob(x, steps, cond)}
+        return x[:, -1], {"chain": x, "steps": steps}
+
+    @torch.no_grad()
+    def score(self, obs: dict[str, torch.Tensor], record: dict[str, torch.Tensor]
+              ) -> dict[str, torch.Tensor]:
+        """The log-probs (B, K') of the chains' fine-tuned transitions under the rollout's
+        parameters."""
+        cond = self.model.encode_obs(obs)
+        return {"logp": self._chain_log_prob(record["chain"], record["steps"], cond)}
 
     def policy_loss(self, obs: dict[str, torch.Tensor], record: dict[str, torch.Tensor],
                     advantages: torch.Tensor) -> tuple[torch.Tensor, dict]:

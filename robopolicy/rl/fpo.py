@@ -3,7 +3,8 @@ model's own BC loss instead of a likelihood, so it fine-tunes any family, with a
 and any number of integration steps at rollout.
 
 At rollout each chunk a is drawn by the model's sampler and ``n_mc`` (noise, time) pairs are
-drawn and stored with it, with the per-pair loss under the rollout parameters, l_old. An
+drawn and stored with it; l_old, the per-pair loss under the rollout parameters, is scored
+by the learner before its first update step (:meth:`FPO.score`). An
 update scores the same pairs under the current parameters, l_theta, and uses
 
     ratio = exp(mean_j l_old_j - mean_j l_theta_j)
@@ -61,8 +62,15 @@ class FPO:
                             generator=generator)  # (B, n_mc, T, Da)
         t = self.model.draw_train_time(batch * self.n_mc, generator=generator)  # (B n_mc[, T])
         t = t.view(batch, self.n_mc, *t.shape[1:])
-        return naction, {"naction": naction, "noise": noise, "t": t,
-                         "loss_old": self._pair_losses(naction, cond, noise, t)}
+        return naction, {"naction": naction, "noise": noise, "t": t}
+
+    @torch.no_grad()
+    def score(self, obs: dict[str, torch.Tensor], record: dict[str, torch.Tensor]
+              ) -> dict[str, torch.Tensor]:
+        """l_old: the per-pair losses (B, n_mc) under the rollout's parameters."""
+        cond = self.model.encode_obs(obs)
+        return {"loss_old": self._pair_losses(record["naction"], cond, record["noise"],
+                                              record["t"])}
 
     def policy_loss(self, obs: dict[str, torch.Tensor], record: dict[str, torch.Tensor],
                     advantages: torch.Tensor) -> tuple[torch.Tensor, dict]:

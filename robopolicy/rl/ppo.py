@@ -3,8 +3,10 @@ transition) this is plain PPO with a Gaussian action-chunk policy, the baseline 
 diffusion and flow fine-tuners (DPPO, FPO) are measured against.
 
 An algorithm is what the loop (:mod:`robopolicy.rl.loop`) calls: ``act`` draws the chunks of
-a rollout and returns what the update will need; ``policy_loss`` scores a minibatch of them
-under the current parameters. It wraps the model and uses it only through the protocol.
+a rollout and records how; ``score`` evaluates, under the rollout's parameters, what the
+PPO ratio compares against (a likelihood, FPO's losses), once per iteration over the whole
+batch before the update changes anything; ``policy_loss`` scores a minibatch under the
+current parameters. It wraps the model and uses it only through the protocol.
 """
 
 from __future__ import annotations
@@ -47,12 +49,19 @@ class ChainPPO:
     def act(self, obs: dict[str, torch.Tensor], generator: torch.Generator | None = None
             ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Normalized chunks (B, T, Da) for a batch of observation windows, and per sample
-        what :meth:`policy_loss` needs: the visited states and their log-likelihood."""
+        the chain's visited states."""
         cond = self.model.encode_obs(obs)  # (B, Dc)
         chain = self.model.sample(cond, eta=1.0, min_std=self.min_std, return_chain=True,
                                   generator=generator)
         self.steps = chain.steps  # (K,): the same schedule for every sample
-        return chain.x[:, -1], {"chain": chain.x, "logp": self._log_prob(chain, cond)}
+        return chain.x[:, -1], {"chain": chain.x}
+
+    @torch.no_grad()
+    def score(self, obs: dict[str, torch.Tensor], record: dict[str, torch.Tensor]
+              ) -> dict[str, torch.Tensor]:
+        """The chains' log-likelihoods (B,) under the rollout's parameters."""
+        cond = self.model.encode_obs(obs)
+        return {"logp": self._log_prob(Chain(record["chain"], self.steps), cond)}
 
     def policy_loss(self, obs: dict[str, torch.Tensor], record: dict[str, torch.Tensor],
                     advantages: torch.Tensor) -> tuple[torch.Tensor, dict]:

@@ -54,6 +54,7 @@ def test_chain_log_prob_is_the_gaussian_density_of_each_fine_tuned_transition(fa
     algo = DPPO(model, finetune_steps=k_ft, eta=1.0, min_std=0.1, min_logprob_std=0.1)
     obs = observations()
     naction, record = algo.act(obs, torch.Generator().manual_seed(1))
+    record |= algo.score(obs, record)  # the old terms, as the learner scores them
     chain, steps = record["chain"], record["steps"]
     assert torch.equal(naction, chain[:, -1]) and chain.shape[1] == algo.n_ft + 1
     cond = model.encode_obs(obs)
@@ -79,6 +80,7 @@ def test_ratio_is_one_at_the_rollout_parameters_with_the_unclipped_gradient(fami
     algo = DPPO(model, eta=1.0)
     obs = observations()
     _, record = algo.act(obs)
+    record |= algo.score(obs, record)  # the old terms, as the learner scores them
     inner = torch.arange(8) % algo.n_ft  # one (decision, step) pair per row
     advantages = torch.randn(8)
     loss, info = algo.policy_loss(obs, {**record, "inner": inner}, advantages)
@@ -106,6 +108,7 @@ def test_one_step_chain_is_ppo_on_the_gaussian_policy():
     algo = DPPO(model, clip=0.2, eta=1.0, min_std=0.1, min_logprob_std=0.1)
     obs = {"state": torch.rand(16, 1, 3) * 2 - 1}
     _, record = algo.act(obs)
+    record |= algo.score(obs, record)  # the old terms, as the learner scores them
     with torch.no_grad():  # the policy moves after the rollout
         for p in algo.parameters():
             p.add_(0.01 * torch.randn_like(p))
@@ -133,6 +136,7 @@ def test_only_the_copy_learns_and_the_checkpoint_runs_the_fine_tuned_chain(tmp_p
     algo = DPPO(model, finetune_steps=2, eta=1.0)
     obs = observations()
     _, record = algo.act(obs)
+    record |= algo.score(obs, record)  # the old terms, as the learner scores them
     opt = torch.optim.Adam(algo.parameters(), lr=1e-2)
     for _ in range(3):
         loss, _ = algo.policy_loss(obs, {**record, "inner": torch.arange(8) % 2},

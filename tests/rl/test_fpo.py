@@ -25,6 +25,7 @@ def test_fpo_ratio_is_one_at_the_rollout_parameters_with_the_unclipped_gradient(
     for per_pair in (False, True):
         algo = FPO(model, clip=0.05, n_mc=4, per_pair=per_pair)
         naction, record = algo.act(obs)
+        record |= algo.score(obs, record)  # the old terms, as the learner scores them
         assert naction.shape == (16, 4, 2) and record["loss_old"].shape == (16, 4)
         loss, info = algo.policy_loss(obs, record, advantages)
         assert abs(info["approx_kl"].item()) < 1e-6 and info["clip_fraction"].item() == 0.0
@@ -49,6 +50,7 @@ def test_a_lower_loss_on_a_chunk_raises_its_ratio():
     obs = {"state": torch.rand(8, 1, 3) * 2 - 1}
     algo = FPO(model, clip=10.0, n_mc=4)  # no clipping in the way
     _, record = algo.act(obs)
+    record |= algo.score(obs, record)  # the old terms, as the learner scores them
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     for _ in range(20):
         loss, _ = algo.policy_loss(obs, record, torch.ones(8))
